@@ -1,0 +1,28 @@
+"""Test configuration: float64 for the whole test run (PTA log-likelihoods are ~1e5)."""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    """Path of the read-only reference data beside the checkout (../shared/data).
+
+    Tests that use this fixture need the full NG15 48-pulsar set; they fail loudly (never
+    skip) when it is absent, since CI always provides it.
+    """
+    if not SHARED_DATA.is_dir():
+        pytest.fail(
+            f"this test needs the reference data at {SHARED_DATA} (../shared/data beside the "
+            "checkout); it cannot run without it"
+        )
+    return SHARED_DATA
