@@ -1,0 +1,353 @@
+"""PTA log-likelihoods in JAX: CURN, Hellings-Downs, and the free-spectrum refit likelihood.
+
+All likelihoods are `equinox.Module`s holding device arrays, called on a flat float64 parameter
+vector `theta` whose entries are named by `param_names` (enterprise names:
+`{psr}_red_noise_log10_A`, `{psr}_red_noise_gamma` for every pulsar, then the common process's
+parameters). They are pure functions of theta: jit, vmap and grad all work, and `batch`
+evaluates many parameter vectors at once. Enable float64 (`jax.config.update("jax_enable_x64",
+True)`) before building them; ln L of a PTA is ~1e5 and needs it.
+
+Gaussian-process likelihood on reduced data (DESIGN.md section 2; see `ptaflow.data.reduction`):
+
+    ln L = sum_a c_a + 1/2 d^T S^-1 d - 1/2 [ln det Phi + ln det S],  S = Phi^-1 + FNF,
+
+evaluated as ln det(I + Phi^1/2 FNF Phi^1/2) with d = FNr, which is well conditioned for any
+prior variances. CURN: Phi is diagonal, one 2K x 2K Cholesky factorisation per pulsar. HD: the
+common process couples pulsars through Gamma_ab (Hellings & Downs 1983) at the K_gw lowest
+frequencies only; the K_rn - K_gw uncoupled frequencies are eliminated per pulsar by a Schur
+complement, leaving one (n_psr 2 K_gw)^2 system.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .data.reduction import ReducedPTA
+from .errors import DataError, ParameterError
+from .spectra import powerlaw_psd
+
+__all__ = [
+    "CommonProcess",
+    "PowerLawProcess",
+    "hellings_downs",
+    "red_noise_names",
+    "PTALikelihood",
+    "make_likelihood",
+    "FreeSpectrumDensities",
+    "load_free_spectrum_densities",
+    "RefitLikelihood",
+    "make_refit_likelihood",
+]
+
+
+class CommonProcess(Protocol):
+    """What a likelihood needs of a common-process (SGWB) spectrum.
+
+    `param_names` names the entries of the parameter vector `theta` passed to `psd`, which
+    returns the one-sided timing-residual PSD S(f) [s^3] at frequencies f [Hz] and must be a
+    pure JAX function. `ptaflow.models.SourceModel` satisfies it.
+    """
+
+    param_names: tuple[str, ...]
+
+    def psd(self, f: jax.Array, theta: jax.Array) -> jax.Array: ...
+
+
+class PowerLawProcess(eqx.Module):
+    """Power-law common process, S(f) = A^2/(12 pi^2) f_yr^(gamma-3) f^-gamma, enterprise names."""
+
+    prefix: str = eqx.field(static=True, default="gw")
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return (f"{self.prefix}_log10_A", f"{self.prefix}_gamma")
+
+    def psd(self, f, theta):
+        return powerlaw_psd(f, theta[0], theta[1])
+
+
+def hellings_downs(pos: np.ndarray) -> np.ndarray:
+    """Hellings-Downs correlation matrix, 1 on the diagonal (pulsar term included).
+
+    Gamma_ab = 3/2 x ln x - x/4 + 1/2, x = (1 - cos zeta_ab)/2 (Hellings & Downs 1983;
+    enterprise `utils.hd_orf`).
+
+    Args:
+        pos: unit vectors to the pulsars, shape (n_psr, 3).
+    """
+    pos = np.asarray(pos, dtype=np.float64)
+    cosz = np.clip(pos @ pos.T, -1.0, 1.0)
+    x = 0.5 * (1.0 - cosz)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gamma = 1.5 * x * np.log(x) - 0.25 * x + 0.5
+    gamma[x == 0.0] = 0.5  # x ln x -> 0 for coincident directions
+    np.fill_diagonal(gamma, 1.0)
+    return gamma
+
+
+def red_noise_names(psr_names: Sequence[str]) -> tuple[str, ...]:
+    """Enterprise names of the per-pulsar power-law red-noise parameters, in theta order."""
+    return tuple(
+        name for p in psr_names for name in (f"{p}_red_noise_log10_A", f"{p}_red_noise_gamma")
+    )
+
+
+def _chol_logdet_quad(A, d):
+    """For SPD A and vector d: (sum ln diag chol(A), |chol(A)^-1 d|^2)."""
+    L = jnp.linalg.cholesky(A)
+    x = jax.scipy.linalg.solve_triangular(L, d, lower=True)
+    return jnp.sum(jnp.log(jnp.diagonal(L))), jnp.sum(x * x)
+
+
+class PTALikelihood(eqx.Module):
+    """ln L(theta) of per-pulsar power-law red noise plus one common process (CURN or HD).
+
+    Build with `make_likelihood`. Call as `like(theta)` (scalar) or `like.batch(thetas)`.
+    """
+
+    FNF: jax.Array  # (n_psr, 2 n_rn, 2 n_rn)
+    FNr: jax.Array  # (n_psr, 2 n_rn)
+    const: jax.Array  # ()
+    freqs: jax.Array  # (n_rn,) [Hz]
+    tspan: float
+    orf_chol: jax.Array | None  # (n_psr, n_psr) Cholesky factor of Gamma, or None for CURN
+    common: CommonProcess
+    psr_names: tuple[str, ...] = eqx.field(static=True)
+    n_gw: int = eqx.field(static=True)
+
+    @property
+    def n_psr(self) -> int:
+        return len(self.psr_names)
+
+    @property
+    def correlation(self) -> str:
+        return "curn" if self.orf_chol is None else "hd"
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return red_noise_names(self.psr_names) + tuple(self.common.param_names)
+
+    @property
+    def n_dim(self) -> int:
+        return 2 * self.n_psr + len(self.common.param_names)
+
+    def _variances(self, theta):
+        """Per-frequency GP variances S(f_k)/T [s^2]: red noise (n_psr, n_rn), common (n_gw,)."""
+        rn = theta[: 2 * self.n_psr].reshape(self.n_psr, 2)
+        phi_rn = powerlaw_psd(self.freqs[None, :], rn[:, :1], rn[:, 1:]) / self.tspan
+        phi_gw = self.common.psd(self.freqs[: self.n_gw], theta[2 * self.n_psr :]) / self.tspan
+        return phi_rn, phi_gw
+
+    def __call__(self, theta: jax.Array) -> jax.Array:
+        """ln L at one parameter vector, shape (n_dim,) -> scalar."""
+        phi_rn, phi_gw = self._variances(theta)
+        if self.orf_chol is None:
+            return self._curn(phi_rn, phi_gw)
+        return self._hd(phi_rn, phi_gw)
+
+    def batch(self, thetas: jax.Array) -> jax.Array:
+        """ln L at many parameter vectors, shape (n_samples, n_dim) -> (n_samples,)."""
+        return jax.vmap(self)(thetas)
+
+    def _curn(self, phi_rn, phi_gw):
+        phi = phi_rn.at[:, : self.n_gw].add(phi_gw[None, :])
+        sq = jnp.sqrt(jnp.repeat(phi, 2, axis=1))  # (n_psr, 2 n_rn), sin/cos share a variance
+        A = sq[:, :, None] * self.FNF * sq[:, None, :] + jnp.eye(sq.shape[1])
+        half_logdet, quad = jax.vmap(_chol_logdet_quad)(A, sq * self.FNr)
+        return self.const + 0.5 * jnp.sum(quad) - jnp.sum(half_logdet)
+
+    def _hd(self, phi_rn, phi_gw):
+        n, c = self.n_psr, 2 * self.n_gw
+        # Uncoupled frequencies (k > n_gw): per-pulsar Schur complement in whitened form.
+        sq_u = jnp.sqrt(jnp.repeat(phi_rn[:, self.n_gw :], 2, axis=1))  # (n, 2(n_rn - n_gw))
+        Fuu = self.FNF[:, c:, c:]
+        Fcu = self.FNF[:, :c, c:]
+        A_u = sq_u[:, :, None] * Fuu * sq_u[:, None, :] + jnp.eye(sq_u.shape[1])
+        L_u = jnp.linalg.cholesky(A_u)
+        tri = jax.vmap(lambda L, b: jax.scipy.linalg.solve_triangular(L, b, lower=True))
+        Y = tri(L_u, jnp.swapaxes(Fcu, 1, 2) * sq_u[:, :, None])  # (n, 2(n_rn-n_gw), c)
+        z = tri(L_u, self.FNr[:, c:] * sq_u)  # (n, 2(n_rn-n_gw))
+        B = self.FNF[:, :c, :c] - jnp.einsum("aki,akj->aij", Y, Y)  # (n, c, c)
+        b = self.FNr[:, :c] - jnp.einsum("aki,ak->ai", Y, z)  # (n, c)
+        logdet_u = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L_u, axis1=1, axis2=2)))
+        # Coupled frequencies: Phi_k = Gamma phi_gw(k) + diag(phi_rn(., k)) = L_k L_k^T.
+        gam = self.orf_chol @ self.orf_chol.T
+        Phi = gam[None] * phi_gw[:, None, None] + jax.vmap(jnp.diag)(phi_rn[:, : self.n_gw].T)
+        Lk = jnp.repeat(jnp.linalg.cholesky(Phi), 2, axis=0)  # (c, n, n), per column i
+        # K = I + L^T B L in frequency-major order (i, a): K[i,a,j,b] = sum_e Lk[i,e,a] B[e,i,j] Lk[j,e,b]
+        K = jnp.einsum("iea,eij,jeb->iajb", Lk, B, Lk).reshape(c * n, c * n) + jnp.eye(c * n)
+        v = jnp.einsum("iea,ei->ia", Lk, b).reshape(c * n)
+        half_logdet_c, quad_c = _chol_logdet_quad(K, v)
+        return self.const + 0.5 * (jnp.sum(z * z) + quad_c) - 0.5 * logdet_u - half_logdet_c
+
+
+def make_likelihood(
+    reduced: ReducedPTA,
+    common: CommonProcess | None = None,
+    *,
+    correlation: str = "curn",
+    n_rn: int = 30,
+    n_gw: int = 14,
+    orf: np.ndarray | None = None,
+) -> PTALikelihood:
+    """Build the CURN or HD likelihood of reduced pulsar data.
+
+    Args:
+        reduced: statistics from `ptaflow.data.reduce_pta` / `load_reduced`.
+        common: common-process spectrum (default: power law with enterprise names gw_log10_A,
+            gw_gamma); any object with `param_names` and a pure-JAX `psd(f, theta)` [s^3].
+        correlation: "curn" (uncorrelated) or "hd" (Hellings-Downs).
+        n_rn: red-noise frequencies K_rn (NANOGrav default 30).
+        n_gw: common-process frequencies K_gw <= K_rn (NANOGrav default 14).
+        orf: optional (n_psr, n_psr) correlation matrix replacing Hellings-Downs (must be
+            positive definite), for correlation="hd".
+    """
+    if not jax.config.jax_enable_x64:
+        raise DataError(
+            "PTA likelihoods need float64: call jax.config.update('jax_enable_x64', True) first"
+        )
+    if correlation not in ("curn", "hd"):
+        raise ParameterError(f"correlation={correlation!r}: expected 'curn' or 'hd'")
+    if not 1 <= n_gw <= n_rn <= reduced.n_freq:
+        raise ParameterError(
+            f"n_gw={n_gw}, n_rn={n_rn}: expected 1 <= n_gw <= n_rn <= {reduced.n_freq} (the "
+            "frequencies in the reduced data; reduce again with a larger n_freq)"
+        )
+    common = PowerLawProcess() if common is None else common
+    orf_chol = None
+    if correlation == "hd":
+        gamma = hellings_downs(reduced.pos) if orf is None else np.asarray(orf, dtype=np.float64)
+        if gamma.shape != (reduced.n_psr, reduced.n_psr):
+            raise ParameterError(f"orf has shape {gamma.shape}, expected {(reduced.n_psr,) * 2}")
+        try:
+            orf_chol = jnp.asarray(np.linalg.cholesky(gamma))
+        except np.linalg.LinAlgError as exc:
+            raise ParameterError("the correlation matrix is not positive definite") from exc
+    m = 2 * n_rn
+    return PTALikelihood(
+        FNF=jnp.asarray(reduced.FNF[:, :m, :m]),
+        FNr=jnp.asarray(reduced.FNr[:, :m]),
+        const=jnp.asarray(np.sum(reduced.const)),
+        freqs=jnp.asarray(reduced.freqs[:n_rn]),
+        tspan=float(reduced.tspan),
+        orf_chol=orf_chol,
+        common=common,
+        psr_names=tuple(reduced.names),
+        n_gw=int(n_gw),
+    )
+
+
+class FreeSpectrumDensities(eqx.Module):
+    """Per-frequency posterior densities of a free-spectrum analysis on a regular log10 rho grid.
+
+    rho_k^2 = S(f_k)/T with S the one-sided timing-residual PSD [s^3] (ceffyl convention,
+    Lamb, Taylor & van Haasteren 2023, arXiv:2303.15442).
+
+    Attributes:
+        log10_rho_grid: (n_grid,) regular grid of log10(rho / s).
+        log_density: (n_freq, n_grid) natural-log density of log10 rho at each frequency.
+        freqs: (n_freq,) f_k = k/T [Hz].
+        tspan: T [s].
+    """
+
+    log10_rho_grid: jax.Array
+    log_density: jax.Array
+    freqs: jax.Array
+    tspan: float
+    source: str = eqx.field(static=True, default="")
+
+
+def load_free_spectrum_densities(
+    path: str | pathlib.Path | None = None, *, tspan: float | None = None
+) -> FreeSpectrumDensities:
+    """Read ceffyl-format densities: `freqs.npy`, `log10rhogrid.npy`, `density.npy`.
+
+    Args:
+        path: the folder; default the shipped NG15 HD free spectrum (`data/ng15_ceffyl_hd`,
+            67 pulsars, 30 frequencies).
+        tspan: T [s]; default 1/f_1 from `freqs.npy`.
+    """
+    from ._paths import DATA_DIR
+
+    folder = pathlib.Path(path) if path is not None else DATA_DIR / "ng15_ceffyl_hd"
+    files = {k: folder / f"{k}.npy" for k in ("freqs", "log10rhogrid", "density")}
+    for key, file in files.items():
+        if not file.is_file():
+            raise DataError(f"free-spectrum densities: {file} is missing (expected {key}.npy in {folder})")
+    try:
+        freqs = np.load(files["freqs"])
+        grid = np.load(files["log10rhogrid"])
+        dens = np.load(files["density"])
+    except (ValueError, OSError) as exc:
+        raise DataError(f"free-spectrum densities in {folder} could not be read: {exc}") from exc
+    dens = dens.reshape(-1, dens.shape[-1]) if dens.ndim == 3 else dens
+    if grid.ndim != 1 or dens.shape != (freqs.shape[0], grid.shape[0]):
+        raise DataError(
+            f"{folder}: density shape {dens.shape}, expected (n_freq={freqs.shape[0]}, "
+            f"n_grid={grid.shape[0]}) matching freqs.npy and log10rhogrid.npy"
+        )
+    step = np.diff(grid)
+    if not np.allclose(step, step[0], rtol=1e-6, atol=0):
+        raise DataError(f"{folder}: log10rhogrid.npy is not a regular grid")
+    if not np.isfinite(dens).all():
+        raise DataError(f"{folder}: density.npy holds non-finite log-densities")
+    return FreeSpectrumDensities(
+        log10_rho_grid=jnp.asarray(grid),
+        log_density=jnp.asarray(dens),
+        freqs=jnp.asarray(freqs),
+        tspan=float(1.0 / freqs[0] if tspan is None else tspan),
+        source=str(folder),
+    )
+
+
+class RefitLikelihood(eqx.Module):
+    """Free-spectrum 'refit' likelihood: ln L = sum_k ln p_k(0.5 log10(S(f_k; theta)/T)).
+
+    p_k is linearly interpolated on the grid; values of log10 rho outside the grid take the
+    edge value (below the grid the free-spectrum posterior is flat, noise-dominated).
+    """
+
+    densities: FreeSpectrumDensities
+    common: CommonProcess
+    n_freq: int = eqx.field(static=True)
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(self.common.param_names)
+
+    @property
+    def n_dim(self) -> int:
+        return len(self.common.param_names)
+
+    def __call__(self, theta: jax.Array) -> jax.Array:
+        d = self.densities
+        f = d.freqs[: self.n_freq]
+        log10_rho = 0.5 * jnp.log10(self.common.psd(f, theta) / d.tspan)
+        interp = jax.vmap(jnp.interp, in_axes=(0, None, 0))
+        return jnp.sum(interp(log10_rho, d.log10_rho_grid, d.log_density[: self.n_freq]))
+
+    def batch(self, thetas: jax.Array) -> jax.Array:
+        return jax.vmap(self)(thetas)
+
+
+def make_refit_likelihood(
+    common: CommonProcess | None = None,
+    densities: FreeSpectrumDensities | None = None,
+    *,
+    n_freq: int = 14,
+) -> RefitLikelihood:
+    """Build the refit likelihood (default: NG15 HD free spectrum, its 14 lowest frequencies,
+    as in the NANOGrav 15-yr new-physics search, arXiv:2306.16219)."""
+    densities = load_free_spectrum_densities() if densities is None else densities
+    n_avail = int(densities.freqs.shape[0])
+    if not 1 <= n_freq <= n_avail:
+        raise ParameterError(f"n_freq={n_freq}: expected 1..{n_avail} (frequencies in the densities)")
+    common = PowerLawProcess() if common is None else common
+    return RefitLikelihood(densities=densities, common=common, n_freq=int(n_freq))
