@@ -25,6 +25,7 @@ import pathlib
 import jax.numpy as jnp
 import numpy as np
 
+from ._paths import DATA_DIR
 from .constants import (
     FYR_HZ,
     G_RHO_0,
@@ -59,9 +60,8 @@ __all__ = [
     "model_table",
 ]
 
-#: Folder of the tabulated NG15 new-physics spectra and g_star.dat shipped with the repo
-#: (`data/ng15_model_tables/`, a sibling of the package in the editable install).
-MODEL_TABLES_DIR = pathlib.Path(__file__).resolve().parent.parent / "data" / "ng15_model_tables"
+#: Folder of the tabulated NG15 new-physics spectra and g_star.dat shipped with the repo.
+MODEL_TABLES_DIR = DATA_DIR / "ng15_model_tables"
 
 _PI = np.pi
 
@@ -141,7 +141,8 @@ def h2omega_to_psd(f, h2omega):
     """Timing-residual PSD S(f) [s^3] of an SGWB with energy density h^2 Omega_GW(f).
 
     S = (H0/h)^2 h^2 Omega_GW / (8 pi^4 f^5), i.e. `hc_to_psd(f, h2omega_to_hc(f, h2omega))`
-    written without the square root so that gradients stay finite where Omega_GW = 0.
+    written without the square root so that gradients stay finite where Omega_GW = 0, and
+    grouped as (H0/(h f))^2 / f^3 so that no intermediate underflows in float32.
 
     Args:
         f: frequencies [Hz].
@@ -150,7 +151,7 @@ def h2omega_to_psd(f, h2omega):
     Returns:
         S(f) [s^3].
     """
-    return (H0_OVER_H_HZ**2 / (8.0 * _PI**4)) * h2omega / f**5
+    return h2omega * (H0_OVER_H_HZ / f) ** 2 / (8.0 * _PI**4 * f**3)
 
 
 def psd_to_h2omega(f, psd):
