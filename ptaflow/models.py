@@ -264,7 +264,7 @@ def _build(module, path: pathlib.Path) -> SourceModel:
     if correlation not in CORRELATIONS:
         raise ModelError(
             f"{path}: `correlation` must be one of {CORRELATIONS}, got {correlation!r}."
-            + close_matches(str(correlation), CORRELATIONS)
+            + close_matches(str(correlation).lower(), CORRELATIONS)
         )
     spectrum = module.spectrum
     if not callable(spectrum):

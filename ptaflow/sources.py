@@ -170,14 +170,18 @@ def sigw_delta_h2omega(f, log10_f_peak, log10_A):
         log10_A: log10 of the curvature-spectrum amplitude.
     """
     x = f / 10.0**log10_f_peak
+    inside = x < 2.0
+    x = jnp.where(inside, x, 1.0)  # the masked branch must stay finite for the gradient
     common = 2.0 - 3.0 * x**2
-    factor1 = 3.0 / 64.0 * x**2 * (1.0 - x**2 / 4.0) ** 2
-    factor2 = jnp.where(x < 2.0, common**2, 0.0)
+    factor1 = 3.0 / 64.0 * x**2 * (1.0 - x**2 / 4.0) ** 2 * common**2
     factor3 = jnp.where(np.sqrt(3.0) * x < 2.0, _PI2 * common**2, 0.0)
     log_arg = jnp.maximum(jnp.abs(1.0 - 4.0 / (3.0 * x**2)), np.finfo(np.float64).eps)
     factor4 = common * jnp.log(log_arg) - 4.0
     amplitude = 10.0 ** (2.0 * log10_A)
-    return radiation_transfer(f) * amplitude * factor1 * factor2 * (factor3 + factor4**2)
+    value = radiation_transfer(f) * amplitude * factor1 * (factor3 + factor4**2)
+    # Theta(2 - x) applied last, so that no cotangent reaches the zero region: gradients of
+    # log S stay finite (zero) there.
+    return jnp.where(inside, value, 0.0)
 
 
 # --- first-order phase transitions ------------------------------------------------------------
