@@ -25,6 +25,88 @@ def _run_demo(args) -> int:
 
 def _add_models_commands(sub) -> None:
     """`ptaflow models ...`: list, show and check SGWB model files."""
+    p = sub.add_parser(
+        "models",
+        help="list, show and check SGWB source models",
+        description="Without a subcommand: list the built-in models with their parameters "
+        "and priors.",
+    )
+    p.add_argument("--preset", help="list only the models of this preset (e.g. seed10)")
+    p.set_defaults(func=_run_models_list)
+    msub = p.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
+    show = msub.add_parser("show", help="print one model: description, file, parameters, priors")
+    show.add_argument("name", help="built-in model name or path of a model file")
+    show.set_defaults(func=_run_models_show)
+    check = msub.add_parser(
+        "check", help="validate a model file (exit 0 with a summary, 1 with the error)"
+    )
+    check.add_argument("path", help="path of a .py model file (or a built-in name)")
+    check.set_defaults(func=_run_models_check)
+
+
+def _enable_x64() -> None:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+
+
+def _run_models_list(args) -> int:
+    from . import models
+
+    _enable_x64()
+    names = models.list_models()
+    if args.preset is not None:
+        names = tuple(m.name for m in models.load_preset(args.preset, validate=False))
+    print(f"SGWB source models ({models.MODELS_DIR}):")
+    for name in names:
+        model = models.load_model(name, validate=False)
+        print(f"\n{name} ({model.n_dim} parameters): {model.description}")
+        print(_parameter_table(model))
+    if args.preset is None:
+        print("\nUnavailable:")
+        for name, reason in models.UNAVAILABLE.items():
+            print(f"  {name}: {reason}")
+        print("\nPresets:")
+        for name, members in models.PRESETS.items():
+            print(f"  {name}: {', '.join(members)}")
+    print(
+        "\n`ptaflow models show NAME` prints one model; `ptaflow models check FILE` validates one."
+    )
+    return 0
+
+
+def _parameter_table(model) -> str:
+    units = model.priors.units()
+    lines = []
+    for names, prior in zip(model.priors.block_names, model.priors.priors, strict=True):
+        unit = "" if units[names[0]] == "1" else f"  [{units[names[0]]}]"
+        lines.append(f"    {', '.join(names):<14s} {prior.describe()}{unit}")
+    if model.smbhb:
+        lines.append("    (SMBHB power law added: log10_A_bhb, gamma_bhb)")
+    return "\n".join(lines)
+
+
+def _run_models_show(args) -> int:
+    from . import models
+
+    _enable_x64()
+    print(models.load_model(args.name, validate=False).describe())
+    return 0
+
+
+def _run_models_check(args) -> int:
+    from . import models
+
+    _enable_x64()
+    model = models.load_model(args.path)
+    print(f"OK: {model.path} is a valid model file")
+    print(model.describe())
+    print(
+        "checked: the declarations against spectrum()'s signature; h^2 Omega_GW finite and "
+        "non-negative on 1e-09..1e-07 Hz at prior draws; jax.jit and jax.vmap give the same "
+        "numbers as direct calls; gradients finite"
+    )
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

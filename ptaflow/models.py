@@ -185,9 +185,10 @@ class SourceModel(eqx.Module):
             f"  parameters ({self.n_dim} free):",
         ]
         for names, prior in zip(self.priors.block_names, self.priors.priors, strict=True):
-            for name in names:
-                unit = "" if units[name] == "1" else f" [{units[name]}]"
-                lines.append(f"    {name:<14s} {prior.describe()}{unit}  ${labels[name]}$")
+            unit = ", ".join(units[n] for n in names)
+            unit = "" if set(unit.split(", ")) == {"1"} else f" [{unit}]"
+            label = ", ".join(f"${labels[n]}$" for n in names)
+            lines.append(f"    {', '.join(names):<14s} {prior.describe()}{unit}  {label}")
         return "\n".join(lines)
 
 
