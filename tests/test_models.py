@@ -354,3 +354,13 @@ def test_nothing_happens_at_import_or_load():
         """
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_readme_example_is_a_valid_model(tmp_path):
+    text = (models.MODELS_DIR / "README.md").read_text()
+    example = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(example.strip().splitlines()) <= 14
+    model = models.load_model(_write(tmp_path, example, name="turnover.py"))
+    assert model.param_names == ("log10_Omega", "log10_fb")
+    h2 = model.spectrum(jnp.array([1e-12, 1e-4]), log10_Omega=-8.0, log10_fb=-8.0)
+    assert np.allclose(h2, [1e-20, 1e-8], rtol=1e-9)
