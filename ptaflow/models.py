@@ -443,13 +443,15 @@ def load_model(name_or_path: str | pathlib.Path, *, validate: bool = True) -> So
     """
     path = _resolve(name_or_path)
     stat = path.stat()
-    key = (str(path), stat.st_mtime_ns, stat.st_size, validate)
-    if key not in _CACHE:
-        model = _build(_exec_model_file(path), path)
-        if validate:
-            validate_model(model)
-        _CACHE[key] = model
-    return _CACHE[key]
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    checked = (*key, True)
+    if checked in _CACHE:  # a validated model serves both kinds of request
+        return _CACHE[checked]
+    model = _CACHE.get((*key, False)) or _build(_exec_model_file(path), path)
+    if validate:
+        validate_model(model)
+    _CACHE[(*key, validate)] = model
+    return model
 
 
 def load_preset(name: str, *, validate: bool = True) -> tuple[SourceModel, ...]:

@@ -17,6 +17,7 @@ Each prior also carries display metadata: the parameter's unit and LaTeX label.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Mapping
 
@@ -87,40 +88,40 @@ class AbstractPrior(eqx.Module):
         """Number of free coordinates this prior contributes to a flat parameter vector."""
         return math.prod(self.shape)
 
+    @abc.abstractmethod
     def log_prob(self, x):
         """Normalised log-density at x (-inf outside the support)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def sample(self, key, n: int):
         """n independent draws, shape (n, *shape)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def to_unconstrained(self, x):
         """Map a value in the support to R^n_free."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def from_unconstrained(self, z):
         """Map z in R^n_free to the support; returns (x, log |det dx/dz|)."""
-        raise NotImplementedError
 
     def bounds(self) -> tuple[tuple[float, float], ...]:
         """(lower, upper) of the support of each free coordinate (may be infinite)."""
         return ((-math.inf, math.inf),) * self.n_free
 
+    @abc.abstractmethod
     def unit_labels(self) -> tuple[str, ...]:
         """Unit of each coordinate ("1" for dimensionless)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def latex_labels(self) -> tuple[str | None, ...]:
         """LaTeX label of each coordinate (None where none was given)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def describe(self) -> str:
         """Short human-readable form, e.g. 'Uniform(-18, -11)'."""
-        raise NotImplementedError
 
 
-class _ScalarPrior(AbstractPrior):
+class _AbstractScalarPrior(AbstractPrior):
     """Shared defaults of scalar priors (elementwise over any shape)."""
 
     def unit_labels(self) -> tuple[str, ...]:
@@ -140,7 +141,7 @@ def _check_bounds(kind: str, lower: float, upper: float, *, finite: bool) -> Non
         )
 
 
-class Uniform(_ScalarPrior):
+class Uniform(_AbstractScalarPrior):
     """Uniform prior on [lower, upper]: log p = -log(upper - lower).
 
     Unconstrained map: x = lower + (upper - lower) sigmoid(z).
@@ -174,7 +175,7 @@ class Uniform(_ScalarPrior):
         return f"Uniform({_fmt(self.lower)}, {_fmt(self.upper)})"
 
 
-class LogUniform(_ScalarPrior):
+class LogUniform(_AbstractScalarPrior):
     """Log-uniform prior on [lower, upper], 0 < lower: p(x) = 1 / (x ln(upper/lower)).
 
     Unconstrained map: ln x = ln lower + ln(upper/lower) sigmoid(z).
@@ -220,7 +221,7 @@ class LogUniform(_ScalarPrior):
         return f"LogUniform({_fmt(self.lower)}, {_fmt(self.upper)})"
 
 
-class Normal(_ScalarPrior):
+class Normal(_AbstractScalarPrior):
     """Normal prior N(loc, scale^2) on the real line; the unconstrained map is the identity."""
 
     loc: float = eqx.field(static=True, converter=float)
@@ -251,7 +252,7 @@ class Normal(_ScalarPrior):
         return f"Normal({_fmt(self.loc)}, {_fmt(self.scale)})"
 
 
-class TruncatedNormal(_ScalarPrior):
+class TruncatedNormal(_AbstractScalarPrior):
     """Normal N(loc, scale^2) truncated to [lower, upper] and renormalised.
 
     Either bound may be infinite (not both). Unconstrained map as for `Uniform` (both bounds
@@ -377,7 +378,7 @@ class MultivariateNormal(AbstractPrior):
         return f"MultivariateNormal(mean=[{mean}], cov=[{cov}])"
 
 
-class Fixed(_ScalarPrior):
+class Fixed(_AbstractScalarPrior):
     """A parameter held at one value (a point mass). It has no free coordinate: in a
     `JointPrior` it is left out of the flat vector and passed to the spectrum as a constant.
 
