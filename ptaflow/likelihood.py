@@ -99,6 +99,16 @@ def red_noise_names(psr_names: Sequence[str]) -> tuple[str, ...]:
     )
 
 
+def _batched(fn: Callable[[jax.Array], jax.Array], thetas: jax.Array, chunk_size: int | None):
+    """Evaluate fn on every row of thetas: vmap, or lax.map over vectorised chunks."""
+    thetas = jnp.asarray(thetas)
+    if thetas.ndim != 2:
+        raise ParameterError(f"thetas has shape {thetas.shape}; expected (n_samples, n_dim)")
+    if chunk_size is None or chunk_size >= thetas.shape[0]:
+        return jax.vmap(fn)(thetas)
+    return jax.lax.map(fn, thetas, batch_size=int(chunk_size))
+
+
 def _chol_logdet_quad(A, d):
     """For SPD A and vector d: (sum ln diag chol(A), |chol(A)^-1 d|^2)."""
     L = jnp.linalg.cholesky(A)
@@ -152,9 +162,15 @@ class PTALikelihood(eqx.Module):
             return self._curn(phi_rn, phi_gw)
         return self._hd(phi_rn, phi_gw)
 
-    def batch(self, thetas: jax.Array) -> jax.Array:
-        """ln L at many parameter vectors, shape (n_samples, n_dim) -> (n_samples,)."""
-        return jax.vmap(self)(thetas)
+    def batch(self, thetas: jax.Array, chunk_size: int | None = None) -> jax.Array:
+        """ln L at many parameter vectors, shape (n_samples, n_dim) -> (n_samples,).
+
+        Args:
+            thetas: parameter vectors, one per row.
+            chunk_size: evaluate this many rows at a time (vectorised) to bound memory, e.g.
+                for HD with many pulsars; default all at once.
+        """
+        return _batched(self, thetas, chunk_size)
 
     def _curn(self, phi_rn, phi_gw):
         phi = phi_rn.at[:, : self.n_gw].add(phi_gw[None, :])
@@ -280,7 +296,9 @@ def load_free_spectrum_densities(
     files = {k: folder / f"{k}.npy" for k in ("freqs", "log10rhogrid", "density")}
     for key, file in files.items():
         if not file.is_file():
-            raise DataError(f"free-spectrum densities: {file} is missing (expected {key}.npy in {folder})")
+            raise DataError(
+                f"free-spectrum densities: {file} is missing (expected {key}.npy in {folder})"
+            )
     try:
         freqs = np.load(files["freqs"])
         grid = np.load(files["log10rhogrid"])
@@ -333,8 +351,9 @@ class RefitLikelihood(eqx.Module):
         interp = jax.vmap(jnp.interp, in_axes=(0, None, 0))
         return jnp.sum(interp(log10_rho, d.log10_rho_grid, d.log_density[: self.n_freq]))
 
-    def batch(self, thetas: jax.Array) -> jax.Array:
-        return jax.vmap(self)(thetas)
+    def batch(self, thetas: jax.Array, chunk_size: int | None = None) -> jax.Array:
+        """ln L at many parameter vectors, (n_samples, n_dim) -> (n_samples,)."""
+        return _batched(self, thetas, chunk_size)
 
 
 def make_refit_likelihood(
@@ -348,6 +367,8 @@ def make_refit_likelihood(
     densities = load_free_spectrum_densities() if densities is None else densities
     n_avail = int(densities.freqs.shape[0])
     if not 1 <= n_freq <= n_avail:
-        raise ParameterError(f"n_freq={n_freq}: expected 1..{n_avail} (frequencies in the densities)")
+        raise ParameterError(
+            f"n_freq={n_freq}: expected 1..{n_avail} (frequencies in the densities)"
+        )
     common = PowerLawProcess() if common is None else common
     return RefitLikelihood(densities=densities, common=common, n_freq=int(n_freq))

@@ -96,11 +96,15 @@ def _validate(psr: Pulsar) -> None:
     where = f"pulsar {psr.name}" + (f" ({psr.source})" if psr.source else "")
     n = psr.toas.shape[0] if psr.toas.ndim == 1 else -1
     if n <= 0:
-        raise DataError(f"{where}: expected a non-empty 1-D array of TOAs, got shape {psr.toas.shape}")
+        raise DataError(
+            f"{where}: expected a non-empty 1-D array of TOAs, got shape {psr.toas.shape}"
+        )
     for field in ("toaerrs", "residuals", "backend_flags", "freqs"):
         arr = getattr(psr, field)
         if arr.shape != (n,):
-            raise DataError(f"{where}: '{field}' has shape {arr.shape}, expected ({n},) like the TOAs")
+            raise DataError(
+                f"{where}: '{field}' has shape {arr.shape}, expected ({n},) like the TOAs"
+            )
     if psr.Mmat.ndim != 2 or psr.Mmat.shape[0] != n:
         raise DataError(f"{where}: design matrix has shape {psr.Mmat.shape}, expected ({n}, n_tm)")
     for field in ("toas", "toaerrs", "residuals", "Mmat"):
@@ -230,7 +234,11 @@ def from_enterprise(psr) -> Pulsar:
     residuals, backend_flags, Mmat, pos) works. Its own noise dictionary, if it carries one as
     `noisedict`, is kept.
     """
-    missing = [a for a in ("name", "toas", "toaerrs", "residuals", "backend_flags", "Mmat", "pos") if not hasattr(psr, a)]
+    missing = [
+        a
+        for a in ("name", "toas", "toaerrs", "residuals", "backend_flags", "Mmat", "pos")
+        if not hasattr(psr, a)
+    ]
     if missing:
         raise DataError(f"object {psr!r} lacks enterprise Pulsar attribute(s) {missing}")
     n = len(psr.toas)
@@ -262,7 +270,9 @@ def load_noise_dict(path: str | pathlib.Path) -> dict[str, float]:
         raise DataError(f"noise dictionary {path}: expected a JSON object of name -> value")
     bad = [k for k, v in data.items() if not isinstance(v, (int, float)) or not np.isfinite(v)]
     if bad:
-        raise DataError(f"noise dictionary {path}: non-numeric or non-finite value(s) for {bad[:5]}")
+        raise DataError(
+            f"noise dictionary {path}: non-numeric or non-finite value(s) for {bad[:5]}"
+        )
     return {str(k): float(v) for k, v in data.items()}
 
 
@@ -396,7 +406,8 @@ def select_pulsars(
         for name in names:
             if name not in avail:
                 raise PulsarNotFoundError(
-                    f"pulsar {name!r} is not available ({len(avail)} pulsars)." + close_matches(name, avail)
+                    f"pulsar {name!r} is not available ({len(avail)} pulsars)."
+                    + close_matches(name, avail)
                 )
         if len(set(names)) != len(names):
             raise DataError(f"pulsar names repeat: {names}")
@@ -404,6 +415,8 @@ def select_pulsars(
     if scores is None:
         raise DataError("select_pulsars(n_best=...) needs the per-pulsar scores (see rank_pulsars)")
     if not 1 <= n_best <= len(avail):
-        raise DataError(f"n_best={n_best}: expected between 1 and the {len(avail)} available pulsars")
+        raise DataError(
+            f"n_best={n_best}: expected between 1 and the {len(avail)} available pulsars"
+        )
     ranked = sorted(avail, key=lambda n: (scores[n], n))
     return ranked[:n_best]

@@ -242,7 +242,9 @@ class ReducedPTA:
     def best(self, n: int) -> ReducedPTA:
         """The n best pulsars by the documented ranking rule (see `rank_pulsars`)."""
         if not 1 <= n <= self.n_psr:
-            raise DataError(f"asked for the {n} best pulsars, but the reduced data hold {self.n_psr}")
+            raise DataError(
+                f"asked for the {n} best pulsars, but the reduced data hold {self.n_psr}"
+            )
         return self.select([name for name, _ in self.ranking()[:n]])
 
 
@@ -285,7 +287,9 @@ def reduce_pulsar(psr: Pulsar, wn: WhiteNoise, tspan: float, n_freq: int) -> dic
     }
 
 
-def _inputs(pulsars: Sequence[Pulsar], wns: Sequence[WhiteNoise], tspan: float, n_freq: int) -> dict:
+def _inputs(
+    pulsars: Sequence[Pulsar], wns: Sequence[WhiteNoise], tspan: float, n_freq: int
+) -> dict:
     return {
         "format": REDUCTION_FORMAT,
         "n_freq": int(n_freq),
@@ -429,5 +433,7 @@ def load_reduced(path: str | pathlib.Path) -> ReducedPTA:
     except OSError as exc:
         raise DataError(f"{path} is not a readable HDF5 file: {exc}") from exc
     except KeyError as exc:
-        raise DataError(f"{path}: reduced-data file lacks {exc}; rebuild it with reduce_pta") from exc
+        raise DataError(
+            f"{path}: reduced-data file lacks {exc}; rebuild it with reduce_pta"
+        ) from exc
     return ReducedPTA(names=names, tspan=tspan, provenance=provenance, **arrays)
