@@ -1,8 +1,9 @@
-"""The `ptaflow` command line. Thin: parses arguments, calls the library, maps errors to exit codes."""
+"""The `ptaflow` command line: parses arguments, calls the library, maps errors to exit codes."""
 
 from __future__ import annotations
 
 import argparse
+import pathlib
 import sys
 
 from .errors import PtaflowError
@@ -20,6 +21,42 @@ def _run_demo(args) -> int:
     from ._demo import run_demo
 
     run_demo(n_psr=args.n_psr)
+    return 0
+
+
+def _add_reduce_command(sub) -> None:
+    p = sub.add_parser(
+        "reduce",
+        help="reduce Feather pulsars to likelihood statistics (HDF5)",
+        description="Read NG15-style Feather pulsars, fix the white noise, marginalise the "
+        "timing model and write the Fourier-GP sufficient statistics to an HDF5 file.",
+    )
+    p.add_argument("source", help="folder of PSRNAME.feather files")
+    p.add_argument("--out", required=True, help="HDF5 file to write")
+    p.add_argument("--names", nargs="+", help="pulsar names to keep (default: all)")
+    p.add_argument("--list-file", help="file with one pulsar name per line")
+    p.add_argument("--noise-dict", help="white-noise JSON (default: each file's own)")
+    p.add_argument("--n-freq", type=int, default=30, help="Fourier frequencies (default 30)")
+    p.add_argument("--tspan", type=float, help="T [s] (default: span of the pulsars)")
+    p.set_defaults(func=_run_reduce)
+
+
+def _run_reduce(args) -> int:
+    from .data import load_noise_dict, load_pulsars, reduce_pta, select_pulsars
+
+    names = args.names
+    if args.list_file:
+        names = select_pulsars(
+            [p.stem for p in pathlib.Path(args.source).glob("*.feather")],
+            list_file=args.list_file,
+        )
+    pulsars = load_pulsars(args.source, names=names)
+    noise = load_noise_dict(args.noise_dict) if args.noise_dict else None
+    reduced = reduce_pta(pulsars, noise, n_freq=args.n_freq, tspan=args.tspan, cache=args.out)
+    print(
+        f"wrote {args.out}: {reduced.n_psr} pulsars, {reduced.n_freq} frequencies, "
+        f"T = {reduced.tspan:.1f} s"
+    )
     return 0
 
 
@@ -117,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_demo_command(sub)
+    _add_reduce_command(sub)
     _add_models_commands(sub)
     return parser
 

@@ -4,7 +4,9 @@ All likelihoods are `equinox.Module`s holding device arrays, called on a flat fl
 vector `theta` whose entries are named by `param_names` (enterprise names:
 `{psr}_red_noise_log10_A`, `{psr}_red_noise_gamma` for every pulsar, then the common process's
 parameters). They are pure functions of theta: jit, vmap and grad all work, and `batch`
-evaluates many parameter vectors at once. Enable float64 (`jax.config.update("jax_enable_x64",
+evaluates many parameter vectors at once (compile with `equinox.filter_jit(like.batch)` or
+`jax.jit(lambda t: like.batch(t))`: a Module holding arrays is not a static argument of
+`jax.jit`). Enable float64 (`jax.config.update("jax_enable_x64",
 True)`) before building them; ln L of a PTA is ~1e5 and needs it.
 
 Gaussian-process likelihood on reduced data (DESIGN.md section 2; see `ptaflow.data.reduction`):
@@ -109,6 +111,20 @@ def _batched(fn: Callable[[jax.Array], jax.Array], thetas: jax.Array, chunk_size
     return jax.lax.map(fn, thetas, batch_size=int(chunk_size))
 
 
+def _single_threaded_blas() -> None:
+    """Limit OpenBLAS to one thread (process-wide) before CPU likelihoods run.
+
+    JAX's CPU Cholesky and triangular solves call the OpenBLAS/LAPACK that SciPy ships, from
+    XLA's own worker threads, which may run two such calls at once; OpenBLAS's thread pool
+    then deadlocks (observed with jaxlib 0.10 and OpenBLAS 0.3.30: all threads asleep). With
+    one OpenBLAS thread this cannot happen, and the small 2K x 2K factorisations are faster
+    anyway. The limit also applies to NumPy/SciPy BLAS calls made afterwards.
+    """
+    import threadpoolctl
+
+    threadpoolctl.threadpool_limits(1, user_api="blas")
+
+
 def _chol_logdet_quad(A, d):
     """For SPD A and vector d: (sum ln diag chol(A), |chol(A)^-1 d|^2)."""
     L = jnp.linalg.cholesky(A)
@@ -197,7 +213,8 @@ class PTALikelihood(eqx.Module):
         gam = self.orf_chol @ self.orf_chol.T
         Phi = gam[None] * phi_gw[:, None, None] + jax.vmap(jnp.diag)(phi_rn[:, : self.n_gw].T)
         Lk = jnp.repeat(jnp.linalg.cholesky(Phi), 2, axis=0)  # (c, n, n), per column i
-        # K = I + L^T B L in frequency-major order (i, a): K[i,a,j,b] = sum_e Lk[i,e,a] B[e,i,j] Lk[j,e,b]
+        # K = I + L^T B L in frequency-major order (i, a):
+        # K[i,a,j,b] = delta + sum_e Lk[i,e,a] B[e,i,j] Lk[j,e,b]
         K = jnp.einsum("iea,eij,jeb->iajb", Lk, B, Lk).reshape(c * n, c * n) + jnp.eye(c * n)
         v = jnp.einsum("iea,ei->ia", Lk, b).reshape(c * n)
         half_logdet_c, quad_c = _chol_logdet_quad(K, v)
@@ -237,6 +254,7 @@ def make_likelihood(
             "frequencies in the reduced data; reduce again with a larger n_freq)"
         )
     common = PowerLawProcess() if common is None else common
+    _single_threaded_blas()
     orf_chol = None
     if correlation == "hd":
         gamma = hellings_downs(reduced.pos) if orf is None else np.asarray(orf, dtype=np.float64)

@@ -118,7 +118,9 @@ def _validate(psr: Pulsar) -> None:
             )
     if (psr.toaerrs <= 0).any():
         i = int(np.argmax(psr.toaerrs <= 0))
-        raise DataError(f"{where}: TOA uncertainty {psr.toaerrs[i]!r} s at index {i}; expected > 0")
+        raise DataError(
+            f"{where}: TOA uncertainty {float(psr.toaerrs[i])!r} s at index {i}; expected > 0"
+        )
     if psr.pos.shape != (3,) or not np.isfinite(psr.pos).all():
         raise DataError(f"{where}: sky position {psr.pos!r}; expected a finite 3-vector")
 
@@ -348,7 +350,7 @@ def array_span(pulsars: Sequence[Pulsar]) -> float:
 
 
 def ranking_score(wrms: float, span: float) -> float:
-    """Ranking figure of merit: white-noise-weighted RMS residual [s] over span [yr]; lower is better."""
+    """Ranking figure of merit: weighted RMS residual [s] over span [yr]; lower is better."""
     return wrms / (span / YEAR_S)
 
 

@@ -207,7 +207,8 @@ class ReducedPTA:
 
     def ranking(self) -> list[tuple[str, float]]:
         """Pulsars ranked by the rule of `ptaflow.data.rank_pulsars` (best first)."""
-        scores = [(n, ranking_score(w, s)) for n, w, s in zip(self.names, self.wrms, self.span)]
+        rows = zip(self.names, self.wrms, self.span, strict=True)
+        scores = [(n, ranking_score(w, s)) for n, w, s in rows]
         return sorted(scores, key=lambda t: (t[1], t[0]))
 
     def select(self, names: Sequence[str]) -> ReducedPTA:
@@ -254,8 +255,8 @@ def reduce_pulsar(psr: Pulsar, wn: WhiteNoise, tspan: float, n_freq: int) -> dic
     norms = np.linalg.norm(psr.Mmat, axis=0)
     if (norms == 0).any():
         raise DataError(
-            f"pulsar {psr.name}: design-matrix column(s) {np.flatnonzero(norms == 0).tolist()} are all "
-            "zero; remove them"
+            f"pulsar {psr.name}: design-matrix column(s) {np.flatnonzero(norms == 0).tolist()} "
+            "are all zero; remove them"
         )
     M = W(psr.Mmat / norms)
     U, s, _ = np.linalg.svd(M, full_matrices=False)
@@ -296,7 +297,7 @@ def _inputs(
         "tspan_s": repr(float(tspan)),
         "pulsars": {
             p.name: {"data_sha256": _data_sha256(p), "white_noise": wn.as_dict(p.name)}
-            for p, wn in zip(pulsars, wns)
+            for p, wn in zip(pulsars, wns, strict=True)
         },
     }
 
@@ -335,8 +336,8 @@ def reduce_pta(
     if cache is not None and pathlib.Path(cache).exists():
         reduced = load_reduced(cache)
         _check_inputs(cache, reduced.provenance["inputs"], inputs)
-        return reduced
-    stats = [reduce_pulsar(p, wn, tspan, n_freq) for p, wn in zip(pulsars, wns)]
+        return reduced.select(names)  # the cache may list the same pulsars in another order
+    stats = [reduce_pulsar(p, wn, tspan, n_freq) for p, wn in zip(pulsars, wns, strict=True)]
     reduced = ReducedPTA(
         names=tuple(names),
         pos=np.stack([p.pos for p in pulsars]),
@@ -368,8 +369,8 @@ def _check_inputs(path, cached: Mapping, wanted: Mapping) -> None:
         if cached.get(key) != wanted.get(key):
             diffs.append(f"{key}: cache {cached.get(key)!r}, requested {wanted.get(key)!r}")
     cp, wp = cached.get("pulsars", {}), wanted.get("pulsars", {})
-    if list(cp) != list(wp):
-        diffs.append(f"pulsars: cache {list(cp)}, requested {list(wp)}")
+    if set(cp) != set(wp):
+        diffs.append(f"pulsars: cache {sorted(cp)}, requested {sorted(wp)}")
     for name in set(cp) & set(wp):
         for field in ("data_sha256", "white_noise"):
             if cp[name].get(field) != wp[name].get(field):
@@ -423,8 +424,8 @@ def load_reduced(path: str | pathlib.Path) -> ReducedPTA:
             fmt = int(f.attrs["ptaflow_reduced_format"])
             if fmt != REDUCTION_FORMAT:
                 raise CacheMismatchError(
-                    f"{path} has reduced-data format {fmt}, this ptaflow writes {REDUCTION_FORMAT}; "
-                    "rebuild it with reduce_pta"
+                    f"{path} has reduced-data format {fmt}, this ptaflow writes "
+                    f"{REDUCTION_FORMAT}; rebuild it with reduce_pta"
                 )
             arrays = {key: f[key][()] for key in _ARRAYS}
             names = tuple(n.decode() for n in f["names"][()])
