@@ -23,6 +23,7 @@ complement, leaving one (n_psr 2 K_gw)^2 system.
 from __future__ import annotations
 
 import pathlib
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -111,18 +112,29 @@ def _batched(fn: Callable[[jax.Array], jax.Array], thetas: jax.Array, chunk_size
     return jax.lax.map(fn, thetas, batch_size=int(chunk_size))
 
 
-def _single_threaded_blas() -> None:
-    """Limit OpenBLAS to one thread (process-wide) before CPU likelihoods run.
+def _check_blas_threads() -> None:
+    """Warn when SciPy's OpenBLAS runs several threads on a CPU backend (see ptaflow/__init__).
 
-    JAX's CPU Cholesky and triangular solves call the OpenBLAS/LAPACK that SciPy ships, from
-    XLA's own worker threads, which may run two such calls at once; OpenBLAS's thread pool
-    then deadlocks (observed with jaxlib 0.10 and OpenBLAS 0.3.30: all threads asleep). With
-    one OpenBLAS thread this cannot happen, and the small 2K x 2K factorisations are faster
-    anyway. The limit also applies to NumPy/SciPy BLAS calls made afterwards.
+    JAX's CPU Cholesky and triangular solves call it once per small matrix from XLA's worker
+    threads; a multi-threaded OpenBLAS makes the HD likelihood over ten times slower on two
+    cores. Lowering the thread count after OpenBLAS has started does not restore the speed, so
+    OPENBLAS_NUM_THREADS=1 must be set before SciPy is imported, which importing ptaflow first
+    does.
     """
+    if jax.default_backend() != "cpu":
+        return
+    import scipy.linalg  # noqa: F401  (the OpenBLAS that jaxlib's CPU LAPACK kernels call)
     import threadpoolctl
 
-    threadpoolctl.threadpool_limits(1, user_api="blas")
+    for info in threadpoolctl.threadpool_info():
+        if "scipy_openblas-" in info.get("filepath", "") and info.get("num_threads", 1) > 1:
+            warnings.warn(
+                f"SciPy's OpenBLAS runs {info['num_threads']} threads, which slows JAX's CPU "
+                "likelihoods down many times. Set OPENBLAS_NUM_THREADS=1 in the environment, or "
+                "import ptaflow before scipy.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
 
 def _chol_logdet_quad(A, d):
@@ -203,9 +215,11 @@ class PTALikelihood(eqx.Module):
         Fcu = self.FNF[:, :c, c:]
         A_u = sq_u[:, :, None] * Fuu * sq_u[:, None, :] + jnp.eye(sq_u.shape[1])
         L_u = jnp.linalg.cholesky(A_u)
+        rhs = jnp.concatenate([jnp.swapaxes(Fcu, 1, 2), self.FNr[:, c:, None]], axis=2)
+        rhs = rhs * sq_u[:, :, None]
         tri = jax.vmap(lambda L, b: jax.scipy.linalg.solve_triangular(L, b, lower=True))
-        Y = tri(L_u, jnp.swapaxes(Fcu, 1, 2) * sq_u[:, :, None])  # (n, 2(n_rn-n_gw), c)
-        z = tri(L_u, self.FNr[:, c:] * sq_u)  # (n, 2(n_rn-n_gw))
+        sol = tri(L_u, rhs)
+        Y, z = sol[:, :, :c], sol[:, :, c]  # (n, 2(n_rn-n_gw), c), (n, 2(n_rn-n_gw))
         B = self.FNF[:, :c, :c] - jnp.einsum("aki,akj->aij", Y, Y)  # (n, c, c)
         b = self.FNr[:, :c] - jnp.einsum("aki,ak->ai", Y, z)  # (n, c)
         logdet_u = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L_u, axis1=1, axis2=2)))
@@ -254,7 +268,7 @@ def make_likelihood(
             "frequencies in the reduced data; reduce again with a larger n_freq)"
         )
     common = PowerLawProcess() if common is None else common
-    _single_threaded_blas()
+    _check_blas_threads()
     orf_chol = None
     if correlation == "hd":
         gamma = hellings_downs(reduced.pos) if orf is None else np.asarray(orf, dtype=np.float64)

@@ -7,6 +7,8 @@ import pathlib
 import jax
 import pytest
 
+import ptaflow  # noqa: F401  (first: sets OPENBLAS_NUM_THREADS before SciPy loads)
+
 jax.config.update("jax_enable_x64", True)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
