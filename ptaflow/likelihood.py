@@ -155,7 +155,7 @@ class PTALikelihood(eqx.Module):
     const: jax.Array  # ()
     freqs: jax.Array  # (n_rn,) [Hz]
     tspan: float
-    orf_chol: jax.Array | None  # (n_psr, n_psr) Cholesky factor of Gamma, or None for CURN
+    orf: jax.Array | None  # (n_psr, n_psr) correlation matrix Gamma, or None for CURN
     common: CommonProcess
     psr_names: tuple[str, ...] = eqx.field(static=True)
     n_gw: int = eqx.field(static=True)
@@ -166,7 +166,7 @@ class PTALikelihood(eqx.Module):
 
     @property
     def correlation(self) -> str:
-        return "curn" if self.orf_chol is None else "hd"
+        return "curn" if self.orf is None else "hd"
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -186,7 +186,7 @@ class PTALikelihood(eqx.Module):
     def __call__(self, theta: jax.Array) -> jax.Array:
         """ln L at one parameter vector, shape (n_dim,) -> scalar."""
         phi_rn, phi_gw = self._variances(theta)
-        if self.orf_chol is None:
+        if self.orf is None:
             return self._curn(phi_rn, phi_gw)
         return self._hd(phi_rn, phi_gw)
 
@@ -224,8 +224,7 @@ class PTALikelihood(eqx.Module):
         b = self.FNr[:, :c] - jnp.einsum("aki,ak->ai", Y, z)  # (n, c)
         logdet_u = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L_u, axis1=1, axis2=2)))
         # Coupled frequencies: Phi_k = Gamma phi_gw(k) + diag(phi_rn(., k)) = L_k L_k^T.
-        gam = self.orf_chol @ self.orf_chol.T
-        Phi = gam[None] * phi_gw[:, None, None] + jax.vmap(jnp.diag)(phi_rn[:, : self.n_gw].T)
+        Phi = self.orf[None] * phi_gw[:, None, None] + jax.vmap(jnp.diag)(phi_rn[:, : self.n_gw].T)
         Lk = jnp.repeat(jnp.linalg.cholesky(Phi), 2, axis=0)  # (c, n, n), per column i
         # K = I + L^T B L in frequency-major order (i, a):
         # K[i,a,j,b] = delta + sum_e Lk[i,e,a] B[e,i,j] Lk[j,e,b]
@@ -269,13 +268,14 @@ def make_likelihood(
         )
     common = PowerLawProcess() if common is None else common
     _check_blas_threads()
-    orf_chol = None
+    orf_matrix = None
     if correlation == "hd":
         gamma = hellings_downs(reduced.pos) if orf is None else np.asarray(orf, dtype=np.float64)
         if gamma.shape != (reduced.n_psr, reduced.n_psr):
             raise ParameterError(f"orf has shape {gamma.shape}, expected {(reduced.n_psr,) * 2}")
         try:
-            orf_chol = jnp.asarray(np.linalg.cholesky(gamma))
+            np.linalg.cholesky(gamma)
+            orf_matrix = jnp.asarray(gamma)
         except np.linalg.LinAlgError as exc:
             raise ParameterError("the correlation matrix is not positive definite") from exc
     m = 2 * n_rn
@@ -285,7 +285,7 @@ def make_likelihood(
         const=jnp.asarray(np.sum(reduced.const)),
         freqs=jnp.asarray(reduced.freqs[:n_rn]),
         tspan=float(reduced.tspan),
-        orf_chol=orf_chol,
+        orf=orf_matrix,
         common=common,
         psr_names=tuple(reduced.names),
         n_gw=int(n_gw),
