@@ -354,9 +354,9 @@ def ranking_score(wrms: float, span: float) -> float:
     return wrms / (span / YEAR_S)
 
 
-def weighted_rms(psr: Pulsar, noisedict: Mapping[str, float] | None = None) -> float:
+def weighted_rms(psr: Pulsar, wn: WhiteNoise) -> float:
     """White-noise-weighted RMS of the residuals [s], weights 1/sigma^2 (EFAC, t2EQUAD applied)."""
-    sigma = white_noise_sigma(psr, white_noise_values(psr, noisedict))
+    sigma = white_noise_sigma(psr, wn)
     w = 1.0 / sigma**2
     return float(np.sqrt(np.sum(w * psr.residuals**2) / np.sum(w)))
 
@@ -370,7 +370,10 @@ def rank_pulsars(
     (weights 1/sigma^2, sigma from EFAC and t2EQUAD) and span the pulsar's own TOA span [yr].
     Ties are broken by name. Returns (name, score [s/yr]) pairs, best first.
     """
-    scores = [(p.name, ranking_score(weighted_rms(p, noisedict), p.span)) for p in pulsars]
+    scores = [
+        (p.name, ranking_score(weighted_rms(p, white_noise_values(p, noisedict)), p.span))
+        for p in pulsars
+    ]
     return sorted(scores, key=lambda t: (t[1], t[0]))
 
 

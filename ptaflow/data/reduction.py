@@ -37,6 +37,7 @@ from .pulsars import (
     WhiteNoise,
     array_span,
     ranking_score,
+    weighted_rms,
     white_noise_sigma,
     white_noise_values,
 )
@@ -275,15 +276,13 @@ def reduce_pulsar(psr: Pulsar, wn: WhiteNoise, tspan: float, n_freq: int) -> dic
     FNF, FNr, rNr = G[:-1, :-1], G[:-1, -1], float(G[-1, -1])
     logdet_MNM = float(2.0 * np.sum(np.log(s)))
     const = -0.5 * (rNr + W.logdet_N + logdet_MNM + (psr.n_toa - rank) * np.log(2.0 * np.pi))
-    sigma = white_noise_sigma(psr, wn)
-    wts = 1.0 / sigma**2
     return {
         "FNF": 0.5 * (FNF + FNF.T),
         "FNr": FNr,
         "const": const,
         "n_toa": psr.n_toa,
         "n_tm": rank,
-        "wrms": float(np.sqrt(np.sum(wts * psr.residuals**2) / np.sum(wts))),
+        "wrms": weighted_rms(psr, wn),
         "span": psr.span,
     }
 
