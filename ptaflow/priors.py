@@ -555,7 +555,7 @@ def make_joint_prior(parameters: Mapping[str | tuple[str, ...], AbstractPrior]) 
         make_joint_prior({"log10_A": Uniform(-18, -11), "gamma": Uniform(0, 7)})
 
     Raises:
-        PriorError: a value is not a prior, a name is not a Python identifier, a name is
+        PriorError: a value is not a prior, a name is empty or has spaces, a name is
             repeated, or a block's names do not match its prior's dimension.
     """
     if not isinstance(parameters, Mapping) or not parameters:
@@ -574,8 +574,11 @@ def make_joint_prior(parameters: Mapping[str | tuple[str, ...], AbstractPrior]) 
                 f"{prior!r}"
             )
         for name in names:
-            if not (isinstance(name, str) and name.isidentifier()):
-                raise PriorError(f"parameter name {name!r} must be a valid Python identifier")
+            if not (isinstance(name, str) and name and name.isprintable() and " " not in name):
+                raise PriorError(
+                    f"parameter name {name!r} must be a non-empty string without spaces, e.g. "
+                    "'gw_log10_A' or 'J1909-3744_red_noise_gamma'"
+                )
             if name in seen:
                 raise PriorError(f"parameter {name!r} is declared twice")
             seen.add(name)

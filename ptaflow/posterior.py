@@ -1,0 +1,273 @@
+"""Posterior targets: normalised log-prior + log-likelihood as pure JAX functions on R^n.
+
+A `Posterior` joins a likelihood (`ptaflow.likelihood`) and a joint prior (`ptaflow.priors`)
+over the same flat parameter vector theta with enterprise names:
+
+    full mode:  {psr}_red_noise_log10_A, {psr}_red_noise_gamma for every pulsar, then the
+                source model's parameters (e.g. log10_A, gamma for `powerlaw`);
+    refit mode: the source model's parameters only (free-spectrum refit likelihood).
+
+Samplers and flows work on the unconstrained z = prior.to_unconstrained(theta) in R^n_dim,
+where the density
+
+    log_prob(z) = ln L(theta(z)) + ln pi(theta(z)) + ln |det dtheta/dz|
+
+integrates to the evidence Z = int L pi dtheta (the prior is normalised and the Jacobian of
+the map is included), so evidences computed in z space are evidences of the model.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .data.reduction import ReducedPTA, load_reduced
+from .errors import ParameterError
+from .likelihood import (
+    CommonProcess,
+    FreeSpectrumDensities,
+    PTALikelihood,
+    RefitLikelihood,
+    _batched,
+    make_likelihood,
+    make_refit_likelihood,
+)
+from .models import SourceModel, load_model
+from .priors import JointPrior, Uniform, make_joint_prior
+
+__all__ = [
+    "RN_LOG10_A_PRIOR",
+    "RN_GAMMA_PRIOR",
+    "DEFAULT_REDUCED",
+    "Posterior",
+    "make_posterior",
+    "make_refit_posterior",
+    "select_reduced",
+]
+
+#: Standard NANOGrav per-pulsar red-noise priors (arXiv:2306.16213): log10_A ~ U(-20, -11),
+#: gamma ~ U(0, 7).
+RN_LOG10_A_PRIOR = Uniform(-20.0, -11.0, latex=r"\log_{10} A_\mathrm{RN}")
+RN_GAMMA_PRIOR = Uniform(0.0, 7.0, latex=r"\gamma_\mathrm{RN}")
+
+#: The shipped reduced statistics of the NG15 48-pulsar subset (K = 30 frequencies).
+DEFAULT_REDUCED = "ng15_48psr_reduced_k30.h5"
+
+
+class Posterior(eqx.Module):
+    """Unnormalised log-posterior with a normalised prior, on theta and on unconstrained z.
+
+    Attributes:
+        likelihood: `PTALikelihood` (full mode) or `RefitLikelihood` (refit mode).
+        prior: joint prior over theta (same names and order as the likelihood).
+        model_name: the source model's name (provenance).
+        mode: "full" or "refit".
+        correlation: "curn", "hd" (full mode) or "refit".
+    """
+
+    likelihood: PTALikelihood | RefitLikelihood
+    prior: JointPrior
+    model_name: str = eqx.field(static=True)
+    mode: str = eqx.field(static=True)
+    correlation: str = eqx.field(static=True)
+
+    def __check_init__(self):
+        if tuple(self.likelihood.param_names) != tuple(self.prior.names):
+            raise ParameterError(
+                f"likelihood parameters {self.likelihood.param_names} and prior parameters "
+                f"{self.prior.names} differ; they must be the same names in the same order"
+            )
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Parameter names in theta order (enterprise convention)."""
+        return tuple(self.prior.names)
+
+    @property
+    def n_dim(self) -> int:
+        """Number of free parameters."""
+        return len(self.prior.names)
+
+    @property
+    def common_names(self) -> tuple[str, ...]:
+        """The source model's parameters (the last entries of theta)."""
+        return tuple(self.likelihood.common.param_names)
+
+    def log_likelihood(self, theta):
+        """ln L at one parameter vector theta (n_dim,)."""
+        return self.likelihood(theta)
+
+    def log_prior(self, theta):
+        """Normalised ln pi(theta), shape theta.shape[:-1] (-inf outside the support)."""
+        return self.prior.log_prob(theta)
+
+    def to_theta(self, z):
+        """Physical parameters from unconstrained z, shape as z."""
+        return self.prior.from_unconstrained(z)[0]
+
+    def to_unconstrained(self, theta):
+        """Unconstrained z from physical parameters theta (inside the prior support)."""
+        return self.prior.to_unconstrained(theta)
+
+    def log_prob_parts(self, z):
+        """(ln L, ln pi + ln |det dtheta/dz|) at one unconstrained point z (n_dim,).
+
+        The two parts are separate so that a tempered target beta ln L + ln pi can be formed.
+        """
+        theta, log_det = self.prior.from_unconstrained(z)
+        return self.likelihood(theta), self.prior.log_prob(theta) + log_det
+
+    def log_prob(self, z):
+        """ln L + ln pi + ln |det dtheta/dz| at one unconstrained point z (n_dim,)."""
+        log_like, log_rest = self.log_prob_parts(z)
+        return log_like + log_rest
+
+    def log_prob_batch(self, zs, chunk_size: int | None = None):
+        """`log_prob` at many points, (n_samples, n_dim) -> (n_samples,)."""
+        return _batched(self.log_prob, zs, chunk_size)
+
+    def sample_prior(self, key, n: int):
+        """n draws of theta from the prior, (n, n_dim)."""
+        return self.prior.sample(key, n)
+
+    def evaluate(self, thetas, chunk_size: int | None = 4096):
+        """(ln L, ln pi) at many physical points, each (n_samples,), on the host."""
+        log_like = eqx.filter_jit(lambda t: self.likelihood.batch(t, chunk_size))(thetas)
+        return log_like, self.prior.log_prob(thetas)
+
+    def describe(self) -> str:
+        """One line: mode, correlation, model and dimension."""
+        n_psr = len(self.likelihood.psr_names) if self.mode == "full" else 0
+        where = f"{n_psr} pulsars, {self.correlation.upper()}" if n_psr else "free-spectrum refit"
+        return f"{self.model_name} ({where}; {self.n_dim} parameters)"
+
+
+def _as_model(model: str | pathlib.Path | SourceModel | CommonProcess) -> CommonProcess:
+    if isinstance(model, (str, pathlib.Path)):
+        return load_model(model)
+    if not hasattr(model, "param_names") or not hasattr(model, "psd"):
+        raise ParameterError(
+            f"model={model!r}: expected a model name or path, a ptaflow.models.SourceModel, or "
+            "an object with param_names and psd(f, theta)"
+        )
+    return model
+
+
+def _common_prior(common: CommonProcess, common_priors) -> dict:
+    if common_priors is not None:
+        return dict(common_priors)
+    if isinstance(common, SourceModel):
+        return {
+            names if len(names) > 1 else names[0]: prior
+            for names, prior in zip(common.priors.block_names, common.priors.priors, strict=True)
+        }
+    raise ParameterError(
+        f"common process {common!r} has no priors of its own; pass common_priors="
+        "{name: prior} for its parameters " + str(tuple(common.param_names))
+    )
+
+
+def select_reduced(
+    data: ReducedPTA | str | pathlib.Path | None = None,
+    pulsars: int | Sequence[str] | None = None,
+) -> ReducedPTA:
+    """The reduced statistics to fit: a `ReducedPTA`, an HDF5 cache path or the shipped NG15 set.
+
+    Args:
+        data: reduced statistics or a path written by `ptaflow.data.save_reduced`; default the
+            shipped NG15 48-pulsar subset.
+        pulsars: None (all), an int N (the N best by the documented ranking rule, see
+            `ptaflow.data.rank_pulsars`) or a sequence of pulsar names.
+    """
+    if data is None:
+        from ._paths import DATA_DIR
+
+        data = DATA_DIR / DEFAULT_REDUCED
+    reduced = data if isinstance(data, ReducedPTA) else load_reduced(data)
+    if pulsars is None:
+        return reduced
+    if isinstance(pulsars, int):
+        return reduced.best(pulsars)
+    if isinstance(pulsars, str):
+        raise ParameterError(
+            f"pulsars={pulsars!r}: expected an int or a list of names, e.g. [{pulsars!r}]"
+        )
+    return reduced.select(list(pulsars))
+
+
+def make_posterior(
+    data: ReducedPTA | str | pathlib.Path | None = None,
+    model: str | pathlib.Path | SourceModel | CommonProcess = "powerlaw",
+    *,
+    pulsars: int | Sequence[str] | None = None,
+    correlation: str = "curn",
+    n_rn: int = 30,
+    n_gw: int = 14,
+    rn_priors: tuple | None = None,
+    common_priors: dict | None = None,
+) -> Posterior:
+    """Full-likelihood posterior: per-pulsar power-law red noise + the model's common process.
+
+    Args:
+        data: reduced statistics, a reduced HDF5 cache, or None for the shipped NG15 subset.
+        model: source model (name, model-file path or `SourceModel`), or any common process
+            with `param_names`/`psd` together with `common_priors`.
+        pulsars: which pulsars (see `select_reduced`).
+        correlation: "curn" or "hd".
+        n_rn, n_gw: red-noise and common-process frequencies (NANOGrav: 30 and 14).
+        rn_priors: (log10_A prior, gamma prior) for every pulsar's red noise (default
+            U(-20, -11), U(0, 7)).
+        common_priors: {name: prior} for the common process (default the model's own).
+
+    Example:
+        post = make_posterior(model="powerlaw", pulsars=10, correlation="hd")
+        post.param_names[:2]   # ('J1909-3744_red_noise_log10_A', 'J1909-3744_red_noise_gamma')
+    """
+    reduced = select_reduced(data, pulsars)
+    common = _as_model(model)
+    like = make_likelihood(reduced, common, correlation=correlation, n_rn=n_rn, n_gw=n_gw)
+    a_prior, g_prior = rn_priors if rn_priors is not None else (RN_LOG10_A_PRIOR, RN_GAMMA_PRIOR)
+    spec: dict = {}
+    for psr in reduced.names:
+        spec[f"{psr}_red_noise_log10_A"] = a_prior
+        spec[f"{psr}_red_noise_gamma"] = g_prior
+    spec.update(_common_prior(common, common_priors))
+    name = getattr(common, "name", type(common).__name__)
+    return Posterior(like, make_joint_prior(spec), name, "full", correlation)
+
+
+def make_refit_posterior(
+    model: str | pathlib.Path | SourceModel | CommonProcess = "powerlaw",
+    densities: FreeSpectrumDensities | None = None,
+    *,
+    n_freq: int = 14,
+    common_priors: dict | None = None,
+) -> Posterior:
+    """Refit-mode posterior: the model's parameters on the NG15 free-spectrum densities.
+
+    Args:
+        model: source model (name, path or `SourceModel`) or a common process with
+            `common_priors`.
+        densities: free-spectrum densities (default the shipped NG15 HD set).
+        n_freq: lowest frequencies used (NANOGrav new-physics search: 14).
+        common_priors: {name: prior} overriding the model's own priors.
+    """
+    common = _as_model(model)
+    like = make_refit_likelihood(common, densities, n_freq=n_freq)
+    prior = make_joint_prior(_common_prior(common, common_priors))
+    name = getattr(common, "name", type(common).__name__)
+    return Posterior(like, prior, name, "refit", "refit")
+
+
+def log_prob_fn(posterior: Posterior, beta: float | jax.Array = 1.0):
+    """The tempered target z -> beta ln L + ln pi + ln|J| as a plain function (for samplers)."""
+
+    def fn(z):
+        log_like, log_rest = posterior.log_prob_parts(z)
+        return jnp.asarray(beta) * log_like + log_rest
+
+    return fn
