@@ -110,6 +110,10 @@ class TrainConfig:
             many steps after tempering ended.
         smoothing: weight of the newest loss in the exponential moving average.
         laplace_starts, laplace_steps: multi-start MAP search for the initial affine map.
+        init_min_sd: the initial flow is at least this wide in every z coordinate (1 is the
+            width of a uniform prior under the probit map of `ptaflow.priors`): the curvature
+            at the mode hides flat posterior tails, reverse-KL training rarely widens a
+            too-narrow start, but quickly narrows a too-wide one.
         checkpoint_every: steps between checkpoints (when a checkpoint path is given).
     """
 
@@ -126,6 +130,7 @@ class TrainConfig:
     smoothing: float = 0.02
     laplace_starts: int = 16
     laplace_steps: int = 400
+    init_min_sd: float = 1.0
     checkpoint_every: int = 100
 
     def __post_init__(self):
@@ -137,6 +142,8 @@ class TrainConfig:
             raise ParameterError(f"TrainConfig.beta0={self.beta0}: expected 0 < beta0 <= 1")
         if not 0 < self.smoothing <= 1:
             raise ParameterError(f"TrainConfig.smoothing={self.smoothing}: expected (0, 1]")
+        if not self.init_min_sd >= 0:
+            raise ParameterError(f"TrainConfig.init_min_sd={self.init_min_sd} must be >= 0")
         if self.laplace_starts < 1 or self.laplace_steps < 0:
             raise ParameterError("TrainConfig.laplace_starts must be >= 1, laplace_steps >= 0")
 
@@ -448,6 +455,9 @@ def fit_variational(
             loc, cov, _ = laplace_approximation(
                 key_laplace, log_p, init_points, steps=config.laplace_steps
             )
+            sd = jnp.sqrt(jnp.diag(cov))
+            scale = jnp.maximum(sd, config.init_min_sd) / sd
+            cov = cov * jnp.outer(scale, scale)
             flow = make_flow(key_init, n_dim, config=flow_config, loc=loc, cov=cov)
     if flow.shape != (n_dim,):
         raise ParameterError(f"flow has shape {flow.shape}; expected ({n_dim},)")

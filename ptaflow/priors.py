@@ -43,11 +43,16 @@ __all__ = [
 
 
 def _to_interval(z, lower: float, upper: float):
-    """Map z in R to (lower, upper); returns (x, log |dx/dz|). Either bound may be infinite."""
+    """Map z in R to (lower, upper); returns (x, log |dx/dz|). Either bound may be infinite.
+
+    A finite interval uses the probit map x = lower + (upper - lower) Phi(z) (Phi: standard
+    normal CDF), so a density flat in x near a bound has Gaussian tails in z; the logistic
+    map would give exponential tails, which Gaussian-based flows and HMC cover poorly.
+    """
     if math.isfinite(lower) and math.isfinite(upper):
         width = upper - lower
-        log_det = math.log(width) + jax.nn.log_sigmoid(z) + jax.nn.log_sigmoid(-z)
-        return lower + width * jax.nn.sigmoid(z), log_det
+        log_det = math.log(width) - 0.5 * z**2 - 0.5 * math.log(2.0 * math.pi)
+        return lower + width * jax.scipy.special.ndtr(z), log_det
     if math.isfinite(lower):
         return lower + jnp.exp(z), z
     if math.isfinite(upper):
@@ -58,8 +63,7 @@ def _to_interval(z, lower: float, upper: float):
 def _from_interval(x, lower: float, upper: float):
     """Inverse of `_to_interval`."""
     if math.isfinite(lower) and math.isfinite(upper):
-        u = (x - lower) / (upper - lower)
-        return jnp.log(u) - jnp.log1p(-u)
+        return jax.scipy.special.ndtri((x - lower) / (upper - lower))
     if math.isfinite(lower):
         return jnp.log(x - lower)
     if math.isfinite(upper):
@@ -144,7 +148,7 @@ def _check_bounds(kind: str, lower: float, upper: float, *, finite: bool) -> Non
 class Uniform(_AbstractScalarPrior):
     """Uniform prior on [lower, upper]: log p = -log(upper - lower).
 
-    Unconstrained map: x = lower + (upper - lower) sigmoid(z).
+    Unconstrained map: x = lower + (upper - lower) Phi(z), Phi the standard normal CDF.
     """
 
     lower: float = eqx.field(static=True, converter=float)
@@ -178,7 +182,7 @@ class Uniform(_AbstractScalarPrior):
 class LogUniform(_AbstractScalarPrior):
     """Log-uniform prior on [lower, upper], 0 < lower: p(x) = 1 / (x ln(upper/lower)).
 
-    Unconstrained map: ln x = ln lower + ln(upper/lower) sigmoid(z).
+    Unconstrained map: ln x = ln lower + ln(upper/lower) Phi(z).
     """
 
     lower: float = eqx.field(static=True, converter=float)
