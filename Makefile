@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/ptaflow demo
+	$(VENV)/bin/ptaflow compare
 
 test: $(STAMP)
 	$(PY) -m pytest -ra

@@ -109,6 +109,13 @@ class TrainConfig:
         patience: stop when the smoothed loss has not improved by `min_delta` [nat] for this
             many steps after tempering ended.
         smoothing: weight of the newest loss in the exponential moving average.
+        init: "laplace" (start at a Laplace approximation: a multi-start MAP search and the
+            Hessian there; for smooth likelihoods such as the full PTA one) or "prior" (start
+            at the importance-weighted mean and covariance of `prior_draws` prior draws, at
+            the largest tempering beta that leaves them `prior_ess` effective samples; for
+            cheap low-dimensional likelihoods that are not smooth, such as the
+            piecewise-linear free-spectrum refit, or that have plateaus and several modes).
+        prior_draws, prior_ess: see init="prior".
         laplace_starts, laplace_steps: multi-start MAP search for the initial affine map.
         init_min_sd: the initial flow is at least this wide in every z coordinate (1 is the
             width of a uniform prior under the probit map of `ptaflow.priors`): the curvature
@@ -128,6 +135,9 @@ class TrainConfig:
     patience: int = 250
     min_delta: float = 0.01
     smoothing: float = 0.02
+    init: str = "laplace"
+    prior_draws: int = 65536
+    prior_ess: float = 300.0
     laplace_starts: int = 16
     laplace_steps: int = 400
     init_min_sd: float = 1.0
@@ -142,6 +152,8 @@ class TrainConfig:
             raise ParameterError(f"TrainConfig.beta0={self.beta0}: expected 0 < beta0 <= 1")
         if not 0 < self.smoothing <= 1:
             raise ParameterError(f"TrainConfig.smoothing={self.smoothing}: expected (0, 1]")
+        if self.init not in ("laplace", "prior"):
+            raise ParameterError(f"TrainConfig.init={self.init!r}: expected 'laplace' or 'prior'")
         if not self.init_min_sd >= 0:
             raise ParameterError(f"TrainConfig.init_min_sd={self.init_min_sd} must be >= 0")
         if self.laplace_starts < 1 or self.laplace_steps < 0:
@@ -157,7 +169,8 @@ class FitInfo:
         betas: tempering parameter per step.
         steps: steps taken in total (including any before a resume).
         converged: True when early stopping fired, False when `max_steps` ran out.
-        final_loss: smoothed loss at the end (beta = 1 if tempering finished) [nat].
+        final_loss: lowest smoothed loss at beta = 1 [nat]; the returned flow has the
+            parameters of that point (the last ones if tempering never finished).
         skipped_steps: steps whose loss or gradient was not finite (update skipped).
         wall_time_s: seconds spent in this call (compilation included).
         resumed_from: step the run resumed from (0 for a fresh run).
@@ -322,11 +335,47 @@ def _optimizer(config: TrainConfig):
     )
 
 
-def _beta(config: TrainConfig, step: int) -> float:
-    if config.temper_steps <= 0 or step >= config.temper_steps:
+def _beta(config: TrainConfig, step: int, beta_init: float = 0.0) -> float:
+    """Geometric tempering from max(beta0, beta_init) to 1 over temper_steps."""
+    start = max(config.beta0, beta_init)
+    if config.temper_steps <= 0 or step >= config.temper_steps or start >= 1.0:
         return 1.0
     frac = step / config.temper_steps
-    return float(config.beta0 ** (1.0 - frac))
+    return float(start ** (1.0 - frac))
+
+
+def _prior_init(key, target, config: TrainConfig):
+    """Weighted mean/cov of prior draws at the largest beta with `prior_ess` effective draws."""
+    if not hasattr(target, "sample_prior"):
+        raise ParameterError("TrainConfig.init='prior' needs a ptaflow Posterior as the target")
+    z = target.to_unconstrained(target.sample_prior(key, config.prior_draws))
+    log_like = np.asarray(_tempered_parts(target, z)[0])
+    log_like = np.where(np.isfinite(log_like), log_like, -np.inf)
+
+    def ess(beta):
+        lw = beta * log_like
+        w = np.exp(lw - lw.max())
+        return w.sum() ** 2 / (w**2).sum(), w
+
+    lo, hi = 0.0, 1.0
+    if ess(1.0)[0] >= config.prior_ess:
+        lo = 1.0
+    else:
+        for _ in range(40):  # bisection on beta for ESS = prior_ess
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if ess(mid)[0] >= config.prior_ess else (lo, mid)
+    _, w = ess(lo)
+    w = w / w.sum()
+    zz = np.asarray(z)
+    loc = w @ zz
+    d = zz - loc
+    cov = (d * w[:, None]).T @ d + 1e-9 * np.eye(zz.shape[1])
+    return jnp.asarray(loc), jnp.asarray(cov), lo
+
+
+@eqx.filter_jit
+def _tempered_parts(target, z):
+    return jax.vmap(_split_target(target))(z)
 
 
 def _partition(flow):
@@ -439,25 +488,29 @@ def fit_variational(
             )
         state = header, payload
 
+    beta_init = 0.0
     if flow is None:
         if state is not None:
             # Skeleton only: the checkpoint supplies every parameter value.
             flow = make_flow(key_init, n_dim, config=flow_config)
         else:
-            if init_points is None:
-                if hasattr(target, "sample_prior"):
-                    init_points = target.to_unconstrained(
-                        target.sample_prior(key_laplace, config.laplace_starts)
-                    )
-                else:
-                    init_points = jax.random.normal(key_laplace, (config.laplace_starts, n_dim))
-            log_p = target.log_prob if hasattr(target, "log_prob_parts") else target
-            loc, cov, _ = laplace_approximation(
-                key_laplace, log_p, init_points, steps=config.laplace_steps
-            )
-            sd = jnp.sqrt(jnp.diag(cov))
-            scale = jnp.maximum(sd, config.init_min_sd) / sd
-            cov = cov * jnp.outer(scale, scale)
+            if config.init == "prior":
+                loc, cov, beta_init = _prior_init(key_laplace, target, config)
+            else:
+                if init_points is None:
+                    if hasattr(target, "sample_prior"):
+                        init_points = target.to_unconstrained(
+                            target.sample_prior(key_laplace, config.laplace_starts)
+                        )
+                    else:
+                        init_points = jax.random.normal(key_laplace, (config.laplace_starts, n_dim))
+                log_p = target.log_prob if hasattr(target, "log_prob_parts") else target
+                loc, cov, _ = laplace_approximation(
+                    key_laplace, log_p, init_points, steps=config.laplace_steps
+                )
+                sd = jnp.sqrt(jnp.diag(cov))
+                scale = jnp.maximum(sd, config.init_min_sd) / sd
+                cov = cov * jnp.outer(scale, scale)
             flow = make_flow(key_init, n_dim, config=flow_config, loc=loc, cov=cov)
     if flow.shape != (n_dim,):
         raise ParameterError(f"flow has shape {flow.shape}; expected ({n_dim},)")
@@ -467,12 +520,18 @@ def fit_variational(
     losses: list[float] = []
     betas: list[float] = []
     step0, ema, best, since_best, skipped = 0, None, np.inf, 0, 0
+    raw, n_avg = 0.0, 0
+    best_params = params
     if state is not None:
         header, payload = state
-        params, opt_state = eqx.tree_deserialise_leaves(io.BytesIO(payload), (params, opt_state))
+        params, opt_state, best_params = eqx.tree_deserialise_leaves(
+            io.BytesIO(payload), (params, opt_state, params)
+        )
         losses, betas = list(header["losses"]), list(header["betas"])
         step0, skipped = int(header["step"]), int(header["skipped"])
         ema, best, since_best = header["ema"], header["best"], int(header["since_best"])
+        beta_init = float(header.get("beta_init", 0.0))
+        raw, n_avg = float(header["ema_raw"]), int(header["n_avg"])
         best = np.inf if best is None else best
 
     def save(step):
@@ -486,8 +545,11 @@ def fit_variational(
             "best": None if not np.isfinite(best) else best,
             "since_best": since_best,
             "skipped": skipped,
+            "beta_init": beta_init,
+            "ema_raw": raw,
+            "n_avg": n_avg,
         }
-        _write_atomic(ckpt_path, _pack(header, (params, opt_state)))
+        _write_atomic(ckpt_path, _pack(header, (params, opt_state, best_params)))
 
     bar = None
     if progress:
@@ -498,7 +560,7 @@ def fit_variational(
     step = step0
     try:
         while step < config.max_steps:
-            beta = _beta(config, step)
+            beta = _beta(config, step, beta_init)
             params, opt_state, loss = _train_step(
                 params,
                 static,
@@ -516,11 +578,18 @@ def fit_variational(
             if not np.isfinite(loss):
                 skipped += 1
             elif beta == 1.0:
-                ema = loss if ema is None else ema + config.smoothing * (loss - ema)
-                if ema < best - config.min_delta:
-                    best, since_best = ema, 0
-                else:
-                    since_best += 1
+                # Exponential moving average started at zero and bias-corrected (as Adam's
+                # moments); patience counts only once it spans ~1/smoothing steps.
+                n_avg += 1
+                raw = (1 - config.smoothing) * raw + config.smoothing * loss
+                ema = raw / (1 - (1 - config.smoothing) ** n_avg)
+                if n_avg * config.smoothing >= 1.0:
+                    if ema < best - config.min_delta:
+                        since_best = 0
+                    else:
+                        since_best += 1
+                    if ema < best:
+                        best, best_params = ema, params
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", beta=f"{beta:.2f}")
@@ -541,12 +610,15 @@ def fit_variational(
         betas=np.asarray(betas),
         steps=step,
         converged=converged,
-        final_loss=float(ema) if ema is not None else float("nan"),
+        final_loss=float(best) if np.isfinite(best) else float("nan"),
         skipped_steps=skipped,
         wall_time_s=time.perf_counter() - t0,
         resumed_from=step0,
     )
-    return eqx.combine(params, static), info
+    # The parameters at the lowest smoothed loss: a run that drifted off after its best point
+    # (e.g. into a likelihood plateau) does not return the drifted flow.
+    final = best_params if np.isfinite(best) else params
+    return eqx.combine(final, static), info
 
 
 # --- fit to samples -----------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def post():
 
 @pytest.fixture(scope="module")
 def fit(post):
-    cfg = TrainConfig(max_steps=500, num_samples=128, learning_rate=5e-3, patience=150)
+    cfg = TrainConfig(max_steps=1000, num_samples=128, learning_rate=5e-3, patience=200)
     return fit_posterior(post, seed=0, train_config=cfg, n_samples=20000, progress=False)
 
 

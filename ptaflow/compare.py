@@ -1,0 +1,558 @@
+"""Bayesian model comparison of SGWB source models: evidences, Bayes factors, result files.
+
+    table = compare(["smbhb", "powerlaw", "sigw_gauss_2p"], mode="refit", out_dir="runs/ng15")
+    print(table)            # ln Z from both estimators, ln B against SMBHB, B, summaries
+
+For each model: a posterior target (refit: the model's parameters on the NG15 free-spectrum
+densities; full: per-pulsar red noise + the model's common process on reduced pulsar data,
+CURN or HD), a variational flow fit (`ptaflow.inference.fit_posterior`), and two evidence
+estimates:
+
+- importance sampling with the flow as proposal (ln Z, error, ESS, Pareto khat);
+- the learned harmonic mean (McEwen et al. 2021, arXiv:2111.12720) on exact posterior chains
+  (independence Metropolis-Hastings with flow proposals, or NUTS preconditioned by the flow),
+  split by chain, with its own flow fitted to half of the chains.
+
+Both are evidences of the same normalised model (prior Jacobian included), so they must
+agree: a model whose estimates differ by more than 3 combined sigma is flagged. Bayes factors
+ln B = ln Z_model - ln Z_reference use the learned harmonic mean with errors added in
+quadrature (the importance-sampling column is shown beside it).
+
+Each model's record is written atomically to `out_dir/models/` as it finishes, keyed by a hash
+of its inputs (model file, data, mode, settings, seed, ptaflow version): a re-run skips models
+already done with the same inputs, and a model that fails (non-finite values, divergent fit)
+is reported with its reason while the others complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import pathlib
+import time
+import traceback
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import __version__
+from .errors import ModelError, ParameterError, PtaflowError
+from .evidence import estimate_evidence_harmonic, estimate_evidence_importance
+from .flows import FlowConfig, TrainConfig
+from .inference import PosteriorFit, fit_posterior, independence_samples, neutra_samples
+from .models import PRESETS, SourceModel, load_model
+from .posterior import Posterior, make_posterior, make_refit_posterior, select_reduced
+from .results import provenance, save_posterior, write_csv_atomic, write_json_atomic
+
+__all__ = ["CompareSettings", "ModelOutcome", "Comparison", "compare", "resolve_models"]
+
+_RECORD_FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareSettings:
+    """What a comparison runs on and how.
+
+    Attributes:
+        mode: "refit" (free-spectrum densities, SGWB parameters only) or "full".
+        correlation: "curn" or "hd" (full mode).
+        pulsars: full mode: an int N (the N best by ptaflow's ranking rule) or names.
+        data: full mode: reduced-data HDF5 path (default the shipped NG15 subset).
+        n_rn, n_gw: red-noise / common-process frequencies (full mode).
+        n_freq: free-spectrum frequencies (refit mode).
+        reference: model the Bayes factors are taken against.
+        seed: base seed; each model's seed derives from it and the model name.
+        train: flow training options (default: refit mode starts from importance-weighted
+            prior draws, `TrainConfig(init="prior")`, since the free-spectrum likelihood is
+            piecewise linear with plateaus; full mode starts from a Laplace approximation).
+        flow: flow architecture.
+        n_flow_samples: flow samples for importance sampling.
+        exact: how the harmonic mean's exact posterior samples are drawn: "imh"
+            (independence Metropolis-Hastings with the flow as proposal; no gradients) or
+            "neutra" (NUTS in the flow's latent space, `neutra_warmup` warm-up steps).
+        n_chains, n_per_chain: those chains (the harmonic-mean error comes from their spread).
+        temperature: the harmonic-mean flow's concentration T < 1.
+    """
+
+    mode: str = "refit"
+    correlation: str = "hd"
+    pulsars: int | tuple[str, ...] | None = 10
+    data: str | None = None
+    n_rn: int = 30
+    n_gw: int = 14
+    n_freq: int = 14
+    reference: str = "smbhb"
+    seed: int = 0
+    train: TrainConfig | None = None
+    flow: FlowConfig = dataclasses.field(default_factory=FlowConfig)
+    n_flow_samples: int = 20000
+    exact: str = "imh"
+    n_chains: int = 8
+    n_per_chain: int = 2000
+    neutra_warmup: int = 300
+    temperature: float = 0.9
+
+    def __post_init__(self):
+        if self.mode not in ("refit", "full"):
+            raise ParameterError(f"mode={self.mode!r}: expected 'refit' or 'full'")
+        if self.correlation not in ("curn", "hd"):
+            raise ParameterError(f"correlation={self.correlation!r}: expected 'curn' or 'hd'")
+        if not 0 < self.temperature < 1:
+            raise ParameterError(f"temperature={self.temperature}: expected 0 < T < 1")
+        if self.exact not in ("imh", "neutra"):
+            raise ParameterError(f"exact={self.exact!r}: expected 'imh' or 'neutra'")
+        if self.n_chains < 4:
+            raise ParameterError(
+                f"n_chains={self.n_chains}: the harmonic-mean error needs >= 4 chains"
+            )
+        if isinstance(self.pulsars, list):
+            object.__setattr__(self, "pulsars", tuple(self.pulsars))
+        if self.train is None:
+            train = TrainConfig(init="prior") if self.mode == "refit" else TrainConfig()
+            object.__setattr__(self, "train", train)
+
+    def to_dict(self) -> dict:
+        """JSON-able form (nested dataclasses as dicts)."""
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOutcome:
+    """One model's evidences, summaries and status.
+
+    Attributes:
+        name: model name.
+        status: "ok", "flagged" (estimates disagree or diagnostics warn) or "failed".
+        reason: why a model failed or was flagged ("" otherwise).
+        log_z_harmonic, log_z_harmonic_err: learned harmonic mean ln Z +- 1 sigma.
+        log_z_importance, log_z_importance_err: importance-sampling ln Z +- 1 sigma.
+        khat, ess: importance-weight diagnostics.
+        summary: {parameter: {"median", "lower", "upper"}} 68% intervals (model parameters).
+        warnings: estimator warnings.
+        wall_time_s: seconds for this model (fit, samples, evidences).
+        key: hash of the inputs (for resuming).
+    """
+
+    name: str
+    status: str
+    reason: str = ""
+    log_z_harmonic: float = math.nan
+    log_z_harmonic_err: float = math.nan
+    log_z_importance: float = math.nan
+    log_z_importance_err: float = math.nan
+    khat: float = math.nan
+    ess: float = math.nan
+    summary: dict = dataclasses.field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    wall_time_s: float = 0.0
+    key: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True unless the model failed."""
+        return self.status != "failed"
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["warnings"] = list(self.warnings)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelOutcome:
+        d = dict(d)
+        d["warnings"] = tuple(d.get("warnings", ()))
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """The comparison table: outcomes in the order given, Bayes factors against a reference."""
+
+    outcomes: tuple[ModelOutcome, ...]
+    reference: str
+    settings: CompareSettings
+    out_dir: str | None = None
+
+    def _ref(self) -> ModelOutcome | None:
+        for o in self.outcomes:
+            if o.name == self.reference and o.ok:
+                return o
+        return None
+
+    def bayes_factors(self, method: str = "harmonic") -> dict[str, tuple[float, float]]:
+        """{model: (ln B, error)} against the reference; NaN when either side failed."""
+        if method not in ("harmonic", "importance"):
+            raise ParameterError(f"method={method!r}: expected 'harmonic' or 'importance'")
+        ref = self._ref()
+        out = {}
+        for o in self.outcomes:
+            if ref is None or not o.ok:
+                out[o.name] = (math.nan, math.nan)
+                continue
+            lz, le = getattr(o, f"log_z_{method}"), getattr(o, f"log_z_{method}_err")
+            rz, re_ = getattr(ref, f"log_z_{method}"), getattr(ref, f"log_z_{method}_err")
+            err = 0.0 if o.name == ref.name else math.hypot(le, re_)
+            out[o.name] = (lz - rz, err)
+        return out
+
+    def rows(self) -> list[dict]:
+        """One flat dict per model (the CSV/JSON table)."""
+        bf_h, bf_i = self.bayes_factors("harmonic"), self.bayes_factors("importance")
+        rows = []
+        for o in self.outcomes:
+            row = {
+                "model": o.name,
+                "status": o.status,
+                "ln_Z_harmonic": o.log_z_harmonic,
+                "ln_Z_harmonic_err": o.log_z_harmonic_err,
+                "ln_Z_importance": o.log_z_importance,
+                "ln_Z_importance_err": o.log_z_importance_err,
+                "ln_B": bf_h[o.name][0],
+                "ln_B_err": bf_h[o.name][1],
+                "B": math.exp(bf_h[o.name][0]) if math.isfinite(bf_h[o.name][0]) else math.nan,
+                "ln_B_importance": bf_i[o.name][0],
+                "ln_B_importance_err": bf_i[o.name][1],
+                "khat": o.khat,
+                "ess": o.ess,
+                "wall_time_s": o.wall_time_s,
+                "reason": o.reason,
+            }
+            rows.append(row)
+        return rows
+
+    def __str__(self) -> str:
+        head = (
+            f"{'model':<16s} {'ln Z (harmonic)':>18s} {'ln Z (importance)':>18s} "
+            f"{'ln B vs ' + self.reference:>18s} {'B':>10s} {'time':>7s}  status"
+        )
+        lines = [head, "-" * len(head)]
+        for r in self.rows():
+
+            def pm(v, e):
+                return f"{v:10.3f} +- {e:5.3f}" if math.isfinite(v) else f"{'-':>18s}"
+
+            b = f"{r['B']:10.3g}" if math.isfinite(r["B"]) else f"{'-':>10s}"
+            note = r["status"] + (f": {r['reason']}" if r["reason"] else "")
+            lines.append(
+                f"{r['model']:<16s} {pm(r['ln_Z_harmonic'], r['ln_Z_harmonic_err'])} "
+                f"{pm(r['ln_Z_importance'], r['ln_Z_importance_err'])} "
+                f"{pm(r['ln_B'], r['ln_B_err'])} {b} {r['wall_time_s']:6.1f}s  {note}"
+            )
+        return "\n".join(lines)
+
+
+def resolve_models(models: Sequence[str] | str | None) -> tuple[str, ...]:
+    """Model names/paths from a list that may contain preset names (e.g. "seed10")."""
+    if models is None:
+        models = ("seed10",)
+    if isinstance(models, str):
+        models = (models,)
+    out: list[str] = []
+    for m in models:
+        m = str(m)
+        for name in PRESETS.get(m, (m,)):
+            if name not in out:
+                out.append(name)
+    if not out:
+        raise ParameterError("no models given; pass names, model-file paths or a preset")
+    return tuple(out)
+
+
+def _model_seed(base: int, name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{base}:{name}".encode()).digest()[:4], "little")
+
+
+def _data_identity(settings: CompareSettings) -> dict:
+    if settings.mode == "refit":
+        from .likelihood import load_free_spectrum_densities
+
+        d = load_free_spectrum_densities()
+        return {"densities": d.source, "n_freq": settings.n_freq}
+    reduced = select_reduced(settings.data, settings.pulsars)
+    return {
+        "pulsars": list(reduced.names),
+        "reduced_inputs": reduced.provenance.get("inputs"),
+        "tspan": reduced.tspan,
+        "correlation": settings.correlation,
+        "n_rn": settings.n_rn,
+        "n_gw": settings.n_gw,
+    }
+
+
+def _key(model: SourceModel, settings: CompareSettings, data_id: dict) -> str:
+    text = json.dumps(
+        {
+            "model_file": hashlib.sha256(pathlib.Path(model.path).read_bytes()).hexdigest(),
+            "model": model.name,
+            "data": data_id,
+            "settings": settings.to_dict(),
+            "version": __version__,
+            "format": _RECORD_FORMAT,
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _posterior(model: SourceModel, settings: CompareSettings) -> Posterior:
+    if settings.mode == "refit":
+        return make_refit_posterior(model, n_freq=settings.n_freq)
+    return make_posterior(
+        settings.data,
+        model,
+        pulsars=settings.pulsars,
+        correlation=settings.correlation,
+        n_rn=settings.n_rn,
+        n_gw=settings.n_gw,
+    )
+
+
+def _summary(posterior: Posterior, theta: np.ndarray) -> dict:
+    out = {}
+    for name in posterior.common_names:
+        i = posterior.param_names.index(name)
+        lo, med, hi = np.percentile(theta[:, i], [16, 50, 84])
+        out[name] = {"median": float(med), "lower": float(lo), "upper": float(hi)}
+    return out
+
+
+def _run_model(
+    model: SourceModel, settings: CompareSettings, key: str, say: Callable[[str], None]
+) -> tuple[ModelOutcome, PosteriorFit]:
+    t0 = time.perf_counter()
+    seed = _model_seed(settings.seed, model.name)
+    posterior = _posterior(model, settings)
+    say(f"fitting a flow ({posterior.describe()})")
+    fit = fit_posterior(
+        posterior,
+        seed=seed,
+        flow_config=settings.flow,
+        train_config=settings.train,
+        n_samples=settings.n_flow_samples,
+        progress=True,
+    )
+    if not np.isfinite(fit.info.final_loss) or fit.ess < 1:
+        raise _ModelFailure(f"the flow fit diverged (final loss {fit.info.final_loss})")
+    say(f"importance sampling: ESS {fit.ess:.0f} of {fit.z.shape[0]}, khat {fit.khat:.2f}")
+    imp = estimate_evidence_importance(fit.log_target, fit.log_q)
+    if settings.exact == "imh":
+        say("exact samples (independence Metropolis-Hastings, flow proposals)")
+        chains = independence_samples(
+            fit, seed=seed + 1, num_chains=settings.n_chains, num_samples=settings.n_per_chain
+        )
+    else:
+        say("exact samples (NUTS in the flow's latent space)")
+        chains = neutra_samples(
+            fit,
+            seed=seed + 1,
+            num_chains=settings.n_chains,
+            num_warmup=settings.neutra_warmup,
+            num_samples=settings.n_per_chain,
+        )
+    if not np.all(np.isfinite(chains.log_prob)):
+        raise _ModelFailure("non-finite log posterior in the exact-sample chains")
+    say(f"learned harmonic mean (R-hat max {float(np.max(chains.rhat)):.3f})")
+    lhm = estimate_evidence_harmonic(
+        jax.random.key(seed + 2),
+        chains.samples,
+        chains.log_prob,
+        temperature=settings.temperature,
+    )
+    theta = np.asarray(posterior.to_theta(jnp.asarray(chains.flat_samples)))
+    warnings = tuple(imp.warnings) + tuple(lhm.warnings)
+    diff = lhm.log_evidence - imp.log_evidence
+    sigma = math.hypot(lhm.log_evidence_err, imp.log_evidence_err)
+    status, reason = "ok", ""
+    if not (math.isfinite(diff) and abs(diff) <= 3 * sigma):
+        status = "flagged"
+        reason = f"estimators differ by {diff:+.3f} nat ({abs(diff) / sigma:.1f} sigma)"
+    elif float(np.max(chains.rhat)) > 1.05:
+        status, reason = "flagged", f"exact-sample chains R-hat {float(np.max(chains.rhat)):.3f}"
+    outcome = ModelOutcome(
+        name=model.name,
+        status=status,
+        reason=reason,
+        log_z_harmonic=float(lhm.log_evidence),
+        log_z_harmonic_err=float(lhm.log_evidence_err),
+        log_z_importance=float(imp.log_evidence),
+        log_z_importance_err=float(imp.log_evidence_err),
+        khat=float(fit.khat),
+        ess=float(fit.ess),
+        summary=_summary(posterior, theta),
+        warnings=warnings,
+        wall_time_s=time.perf_counter() - t0,
+        key=key,
+    )
+    return outcome, fit
+
+
+class _ModelFailure(PtaflowError):
+    pass
+
+
+def _load_record(path: pathlib.Path, key: str) -> ModelOutcome | None:
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if rec.get("format") != _RECORD_FORMAT or rec.get("outcome", {}).get("key") != key:
+        return None
+    outcome = ModelOutcome.from_dict(rec["outcome"])
+    return outcome if outcome.ok else None  # failed models are retried
+
+
+def compare(
+    models: Sequence[str] | str | None = None,
+    *,
+    settings: CompareSettings | None = None,
+    out_dir: str | pathlib.Path | None = None,
+    plots: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> Comparison:
+    """Evidences and Bayes factors of several SGWB models on one data set.
+
+    Args:
+        models: model names, model-file paths and/or presets (default the seed paper's ten,
+            preset "seed10").
+        settings: data, mode and algorithm options (`CompareSettings`).
+        out_dir: folder for results (per-model records as they finish; then
+            comparison.json/.csv/.h5 and PNG plots). Re-running with the same folder skips
+            models already done with the same inputs. None: nothing is written.
+        plots: write the PNG plots (Bayes factors, corner per model, spectra overlay).
+        log: progress messages (model, stage); None for silence.
+
+    Returns:
+        The `Comparison` table.
+    """
+    settings = settings or CompareSettings()
+    names = resolve_models(models)
+    if settings.reference not in names:
+        names = (settings.reference, *names)
+    say_all = log or (lambda _msg: None)
+    out = pathlib.Path(out_dir) if out_dir is not None else None
+    data_id = _data_identity(settings)
+    outcomes: list[ModelOutcome] = []
+    fits: dict[str, PosteriorFit] = {}
+    for i, name in enumerate(names, 1):
+
+        def say(msg, _i=i, _name=name):
+            say_all(f"[{_i}/{len(names)}] {_name}: {msg}")
+
+        try:
+            model = load_model(name)
+        except ModelError as exc:
+            say(f"failed: {exc}")
+            outcomes.append(ModelOutcome(name=str(name), status="failed", reason=str(exc)))
+            continue
+        key = _key(model, settings, data_id)
+        record = out / "models" / f"{model.name}.json" if out is not None else None
+        if record is not None and (done := _load_record(record, key)) is not None:
+            say("already done with the same inputs; skipped")
+            outcomes.append(done)
+            continue
+        try:
+            outcome, fit = _run_model(model, settings, key, say)
+            fits[model.name] = fit
+        except (PtaflowError, FloatingPointError, ValueError, np.linalg.LinAlgError) as exc:
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            say(f"failed: {reason}")
+            outcome = ModelOutcome(name=model.name, status="failed", reason=reason, key=key)
+            if out is not None:
+                (out / "models").mkdir(parents=True, exist_ok=True)
+                (out / "models" / f"{model.name}.error.txt").write_text(traceback.format_exc())
+        outcomes.append(outcome)
+        if record is not None and outcome.ok:
+            save_posterior(
+                fits[model.name].to_result(comparison_key=key), out / "models" / f"{model.name}.h5"
+            )
+            write_json_atomic(
+                record,
+                {"format": _RECORD_FORMAT, "outcome": outcome.to_dict(), "data": data_id},
+            )
+        say(
+            f"{outcome.status}: ln Z = {outcome.log_z_harmonic:.3f} +- "
+            f"{outcome.log_z_harmonic_err:.3f} (harmonic), {outcome.log_z_importance:.3f} +- "
+            f"{outcome.log_z_importance_err:.3f} (importance), {outcome.wall_time_s:.1f} s"
+        )
+    table = Comparison(tuple(outcomes), settings.reference, settings, str(out) if out else None)
+    if out is not None:
+        _write_outputs(table, out, fits, data_id, plots)
+    return table
+
+
+def _write_outputs(table: Comparison, out: pathlib.Path, fits, data_id, plots: bool) -> None:
+    import h5py
+
+    from .results import write_bytes_atomic
+
+    rows = table.rows()
+    prov = provenance()
+    doc = {
+        "reference": table.reference,
+        "settings": table.settings.to_dict(),
+        "data": data_id,
+        "rows": rows,
+        "summaries": {o.name: o.summary for o in table.outcomes},
+        "warnings": {o.name: list(o.warnings) for o in table.outcomes},
+        "provenance": prov,
+    }
+    write_json_atomic(out / "comparison.json", doc)
+    write_csv_atomic(out / "comparison.csv", rows, list(rows[0]))
+    tmp = out / "comparison.h5.tmp"
+    with h5py.File(tmp, "w") as f:
+        f.attrs["provenance"] = json.dumps(prov, default=str)
+        f.attrs["settings"] = json.dumps(doc["settings"])
+        f.attrs["reference"] = table.reference
+        f.create_dataset("model", data=np.array([r["model"] for r in rows], dtype="S"))
+        f.create_dataset("status", data=np.array([r["status"] for r in rows], dtype="S"))
+        for col in rows[0]:
+            if col not in ("model", "status", "reason"):
+                f.create_dataset(col, data=np.array([r[col] for r in rows], dtype=float))
+    write_bytes_atomic(out / "comparison.h5", tmp.read_bytes())
+    tmp.unlink()
+    if plots:
+        _plots(table, out, fits)
+
+
+def _plots(table: Comparison, out: pathlib.Path, fits: dict) -> None:
+    from .likelihood import load_free_spectrum_densities
+    from .plots import plot_bayes_factors, plot_corner, plot_spectrum, spectrum_draws
+
+    ok = [r for r in table.rows() if math.isfinite(r["ln_B"])]
+    if ok:
+        plot_bayes_factors(
+            [r["model"] for r in ok],
+            [r["ln_B"] for r in ok],
+            [r["ln_B_err"] for r in ok],
+            reference=table.reference,
+            second=([r["ln_B_importance"] for r in ok], [r["ln_B_importance_err"] for r in ok]),
+            path=out / "bayes_factors.png",
+        )
+    dens = load_free_spectrum_densities()
+    spectra = {}
+    for name, fit in fits.items():
+        post = fit.posterior
+        theta = fit.resample(jax.random.key(0), 4000)
+        common = [post.param_names.index(n) for n in post.common_names]
+        labels = post.prior.latex_labels()
+        plot_corner(
+            [theta[:, common]],
+            param_names=post.common_names,
+            labels=[name],
+            latex_labels={n: labels[n] for n in post.common_names},
+            path=out / f"corner_{name}.png",
+        )
+        draws = spectrum_draws(
+            post.likelihood.common,
+            theta[:, common],
+            dens.freqs[: table.settings.n_freq],
+            dens.tspan,
+        )
+        spectra[name] = draws
+    if spectra:
+        plot_spectrum(spectra, dens, n_freq=table.settings.n_freq, path=out / "spectra.png")
