@@ -555,7 +555,9 @@ def fit_variational(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.max_steps, initial=step0, desc="flow fit", leave=False)
+        bar = tqdm(
+            total=config.max_steps, initial=step0, desc="flow fit", leave=False, disable=None
+        )
     converged = False
     step = step0
     try:
