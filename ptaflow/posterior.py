@@ -22,8 +22,6 @@ import pathlib
 from collections.abc import Sequence
 
 import equinox as eqx
-import jax
-import jax.numpy as jnp
 
 from .data.reduction import ReducedPTA, load_reduced
 from .errors import ParameterError
@@ -261,13 +259,3 @@ def make_refit_posterior(
     prior = make_joint_prior(_common_prior(common, common_priors))
     name = getattr(common, "name", type(common).__name__)
     return Posterior(like, prior, name, "refit", "refit")
-
-
-def log_prob_fn(posterior: Posterior, beta: float | jax.Array = 1.0):
-    """The tempered target z -> beta ln L + ln pi + ln|J| as a plain function (for samplers)."""
-
-    def fn(z):
-        log_like, log_rest = posterior.log_prob_parts(z)
-        return jnp.asarray(beta) * log_like + log_rest
-
-    return fn
