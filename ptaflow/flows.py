@@ -4,9 +4,9 @@ A ptaflow flow lives on the posterior's unconstrained space z in R^n_dim
 (`ptaflow.posterior.Posterior`): a standard-normal base, a rational-quadratic-spline flow
 (masked autoregressive or coupling; Durkan et al. 2019, arXiv:1906.04032) and a final
 lower-triangular affine map that carries the scale of the problem. The affine map starts at a
-Laplace approximation (multi-start MAP + Hessian), so the spline layers only learn the
-non-Gaussian shape; that is what makes the defaults work on NG15 CURN and HD problems
-without tuning.
+Laplace approximation (multi-start MAP + Hessian, widened to at least the prior's width in z),
+or, for cheap non-smooth likelihoods such as the free-spectrum refit, at the importance-
+weighted moments of prior draws; the spline layers then only learn the non-Gaussian shape.
 
 Training (`fit_variational`) minimises the reverse KL divergence (negative ELBO,
 Ranganath et al. 2014) with reparameterised samples, a tempering schedule on the
