@@ -74,7 +74,9 @@ class CompareSettings:
         exact: how the harmonic mean's exact posterior samples are drawn: "imh"
             (independence Metropolis-Hastings with the flow as proposal; no gradients) or
             "neutra" (NUTS in the flow's latent space, `neutra_warmup` warm-up steps).
-        n_chains, n_per_chain: those chains (the harmonic-mean error comes from their spread).
+        n_chains, n_per_chain: those chains; half train the harmonic-mean flow, and the
+            spread of the other half's estimates gives its error (10 evaluation chains by
+            default, enough for that spread to be meaningful).
         temperature: the harmonic-mean flow's concentration T < 1.
     """
 
@@ -91,8 +93,8 @@ class CompareSettings:
     flow: FlowConfig = dataclasses.field(default_factory=FlowConfig)
     n_flow_samples: int = 20000
     exact: str = "imh"
-    n_chains: int = 8
-    n_per_chain: int = 2000
+    n_chains: int = 20
+    n_per_chain: int = 1000
     neutra_warmup: int = 300
     temperature: float = 0.9
 
