@@ -128,7 +128,8 @@ class ModelOutcome:
 
     Attributes:
         name: model name.
-        status: "ok", "flagged" (estimates disagree or diagnostics warn) or "failed".
+        status: "ok", "flagged" (the estimates disagree by > 3 combined sigma, the exact
+            chains have R-hat > 1.05, or the importance weights have khat >= 0.7) or "failed".
         reason: why a model failed or was flagged ("" otherwise).
         log_z_harmonic, log_z_harmonic_err: learned harmonic mean ln Z +- 1 sigma.
         log_z_importance, log_z_importance_err: importance-sampling ln Z +- 1 sigma.
@@ -375,6 +376,8 @@ def _run_model(
         reason = f"estimators differ by {diff:+.3f} nat ({abs(diff) / sigma:.1f} sigma)"
     elif float(np.max(chains.rhat)) > 1.05:
         status, reason = "flagged", f"exact-sample chains R-hat {float(np.max(chains.rhat)):.3f}"
+    elif not fit.khat < 0.7:
+        status, reason = "flagged", f"importance weights unreliable (Pareto khat {fit.khat:.2f})"
     outcome = ModelOutcome(
         name=model.name,
         status=status,
