@@ -36,6 +36,8 @@ def _parse(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=3000, help="flow training: max steps")
     p.add_argument("--batch", type=int, default=256, help="flow training: samples per step")
+    p.add_argument("--patience", type=int, help="flow training: early-stopping patience")
+    p.add_argument("--min-delta", type=float, help="flow training: improvement that counts [nat]")
     p.add_argument("--flow-samples", type=int, default=50000)
     p.add_argument("--nuts-warmup", type=int, default=1000)
     p.add_argument("--nuts-samples", type=int, default=3000, help="per chain")
@@ -104,7 +106,12 @@ def _case(args, correlation) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     post = make_posterior(model="powerlaw", pulsars=args.pulsars, correlation=correlation)
-    cfg = TrainConfig(max_steps=args.steps, num_samples=args.batch)
+    extra = {"patience": args.patience, "min_delta": args.min_delta}
+    cfg = TrainConfig(
+        max_steps=args.steps,
+        num_samples=args.batch,
+        **{k: v for k, v in extra.items() if v is not None},
+    )
     fit = fit_posterior(
         post,
         seed=args.seed,
