@@ -132,8 +132,8 @@ class TrainConfig:
     clip_norm: float = 10.0
     temper_steps: int = 100
     beta0: float = 0.3
-    patience: int = 250
-    min_delta: float = 0.01
+    patience: int = 600
+    min_delta: float = 0.005
     smoothing: float = 0.02
     init: str = "laplace"
     prior_draws: int = 65536
