@@ -24,9 +24,7 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 import pathlib
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +40,7 @@ from flowjax.distributions import StandardNormal, Transformed
 from flowjax.flows import coupling_flow, masked_autoregressive_flow
 
 from .errors import DataError, ParameterError
+from .results import write_bytes_atomic
 
 __all__ = [
     "FlowConfig",
@@ -406,18 +405,6 @@ def _config_hash(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _pack(header: dict, tree) -> bytes:
     buf = io.BytesIO()
     eqx.tree_serialise_leaves(buf, tree)
@@ -549,7 +536,7 @@ def fit_variational(
             "ema_raw": raw,
             "n_avg": n_avg,
         }
-        _write_atomic(ckpt_path, _pack(header, (params, opt_state, best_params)))
+        write_bytes_atomic(ckpt_path, _pack(header, (params, opt_state, best_params)))
 
     bar = None
     if progress:
@@ -690,18 +677,11 @@ def save_flow(flow: Transformed, path: str | pathlib.Path, config: FlowConfig) -
     """Write a flow (parameters + the architecture needed to rebuild it) atomically."""
     header = {"format": _CHECKPOINT_FORMAT, "n_dim": int(flow.shape[0])}
     header["flow_config"] = dataclasses.asdict(config)
-    _write_atomic(pathlib.Path(path), _pack(header, flow))
-
-
-def flow_to_bytes(flow: Transformed) -> bytes:
-    """The flow's parameters serialised with `equinox.tree_serialise_leaves`."""
-    buf = io.BytesIO()
-    eqx.tree_serialise_leaves(buf, flow)
-    return buf.getvalue()
+    write_bytes_atomic(pathlib.Path(path), _pack(header, flow))
 
 
 def flow_from_bytes(data: bytes, n_dim: int, config: FlowConfig) -> Transformed:
-    """Rebuild a flow from `flow_to_bytes` output and its architecture."""
+    """Rebuild a flow from `ptaflow.results.serialise_flow` output and its architecture."""
     skeleton = make_flow(jax.random.key(0), n_dim, config=config)
     return eqx.tree_deserialise_leaves(io.BytesIO(data), skeleton)
 

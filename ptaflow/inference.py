@@ -23,9 +23,9 @@ import numpy as np
 
 from .diagnostics import importance_ess, max_hellinger, psis_khat, psis_khat_threshold
 from .errors import ParameterError
-from .flows import FitInfo, FlowConfig, TrainConfig, fit_variational, flow_to_bytes
+from .flows import FitInfo, FlowConfig, TrainConfig, fit_variational
 from .posterior import Posterior
-from .results import PosteriorResult, provenance
+from .results import PosteriorResult, provenance, serialise_flow
 from .sampling import McmcResult, importance_resample, run_neutra, run_nuts
 
 __all__ = [
@@ -160,7 +160,7 @@ class PosteriorFit:
             diagnostics=self.diagnostics(),
             settings=settings,
             provenance=provenance(**extra_provenance),
-            flow_bytes=flow_to_bytes(self.flow),
+            flow_bytes=serialise_flow(self.flow),
             flow_config={**dataclasses.asdict(self.flow_config), "n_dim": self.posterior.n_dim},
             latex_labels={n: labels[n] for n in self.posterior.param_names},
         )
