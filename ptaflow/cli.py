@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare_command(sub)
     _add_reduce_command(sub)
     _add_models_commands(sub)
+    from .batch.cli import add_batch_commands
+
+    add_batch_commands(sub)
     return parser
 
 

@@ -46,9 +46,26 @@ from .flows import FlowConfig, TrainConfig
 from .inference import PosteriorFit, fit_posterior, independence_samples, neutra_samples
 from .models import PRESETS, SourceModel, load_model
 from .posterior import Posterior, make_posterior, make_refit_posterior, select_reduced
-from .results import provenance, save_posterior, write_csv_atomic, write_json_atomic
+from .results import (
+    provenance,
+    save_posterior,
+    write_bytes_atomic,
+    write_csv_atomic,
+    write_json_atomic,
+)
 
-__all__ = ["CompareSettings", "ModelOutcome", "Comparison", "compare", "resolve_models"]
+__all__ = [
+    "CompareSettings",
+    "ModelOutcome",
+    "ModelRun",
+    "Comparison",
+    "compare",
+    "evaluate_model",
+    "model_key",
+    "data_identity",
+    "settings_identity",
+    "resolve_models",
+]
 
 _RECORD_FORMAT = 1
 
@@ -269,7 +286,8 @@ def _model_seed(base: int, name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{base}:{name}".encode()).digest()[:4], "little")
 
 
-def _data_identity(settings: CompareSettings) -> dict:
+def data_identity(settings: CompareSettings) -> dict:
+    """What identifies the data of a comparison: densities (refit) or pulsars and inputs (full)."""
     if settings.mode == "refit":
         from .likelihood import load_free_spectrum_densities
 
@@ -286,13 +304,29 @@ def _data_identity(settings: CompareSettings) -> dict:
     }
 
 
-def _key(model: SourceModel, settings: CompareSettings, data_id: dict) -> str:
+def settings_identity(settings: CompareSettings) -> dict:
+    """The settings that results depend on, as a dict: all but the training device count
+    (sharding the training batch over devices gives the same numbers)."""
+    d = settings.to_dict()
+    d["train"].pop("devices", None)
+    return d
+
+
+def model_key(model: SourceModel, settings: CompareSettings, data_id: dict | None = None) -> str:
+    """Hash of everything a model's result depends on: model file, data, settings, version.
+
+    Args:
+        model: the source model (its file's bytes enter the hash).
+        settings: the comparison settings (seed included).
+        data_id: the data identity (`data_identity(settings)`; computed when None).
+    """
+    data_id = data_identity(settings) if data_id is None else data_id
     text = json.dumps(
         {
             "model_file": hashlib.sha256(pathlib.Path(model.path).read_bytes()).hexdigest(),
             "model": model.name,
             "data": data_id,
-            "settings": settings.to_dict(),
+            "settings": settings_identity(settings),
             "version": __version__,
             "format": _RECORD_FORMAT,
         },
@@ -400,6 +434,56 @@ class _ModelFailure(PtaflowError):
     pass
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelRun:
+    """One model's outcome, with the flow fit (None if it failed) and the failure traceback."""
+
+    outcome: ModelOutcome
+    fit: PosteriorFit | None = None
+    traceback: str = ""
+
+
+def evaluate_model(
+    model: str | SourceModel,
+    settings: CompareSettings,
+    *,
+    key: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ModelRun:
+    """Fit one model's posterior and estimate its evidence twice, as `compare` does per model.
+
+    A failure (unknown model, non-finite values, a divergent fit) does not raise: it comes back
+    as a "failed" outcome with its reason, and the traceback in `ModelRun.traceback`.
+
+    Args:
+        model: a model name, model-file path or `SourceModel`.
+        settings: data, mode and algorithm options; the model's seed derives from
+            `settings.seed` and the model name.
+        key: the input hash recorded in the outcome (default `model_key(model, settings)`).
+        log: progress messages (stage, diagnostics); None for silence.
+    """
+    say = log or (lambda _msg: None)
+    try:
+        model = model if isinstance(model, SourceModel) else load_model(model)
+    except ModelError as exc:
+        say(f"failed: {exc}")
+        return ModelRun(ModelOutcome(name=str(model), status="failed", reason=str(exc)))
+    key = key if key is not None else model_key(model, settings)
+    try:
+        outcome, fit = _run_model(model, settings, key, say)
+    except (PtaflowError, FloatingPointError, ValueError, np.linalg.LinAlgError) as exc:
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        say(f"failed: {reason}")
+        outcome = ModelOutcome(name=model.name, status="failed", reason=reason, key=key)
+        return ModelRun(outcome, None, traceback.format_exc())
+    say(
+        f"{outcome.status}: ln Z = {outcome.log_z_harmonic:.3f} +- "
+        f"{outcome.log_z_harmonic_err:.3f} (harmonic), {outcome.log_z_importance:.3f} +- "
+        f"{outcome.log_z_importance_err:.3f} (importance), {outcome.wall_time_s:.1f} s"
+    )
+    return ModelRun(outcome, fit)
+
+
 def _load_record(path: pathlib.Path, key: str) -> ModelOutcome | None:
     try:
         rec = json.loads(path.read_text())
@@ -440,7 +524,7 @@ def compare(
         names = (settings.reference, *names)
     say_all = log or (lambda _msg: None)
     out = pathlib.Path(out_dir) if out_dir is not None else None
-    data_id = _data_identity(settings)
+    data_id = data_identity(settings)
     outcomes: list[ModelOutcome] = []
     fits: dict[str, PosteriorFit] = {}
     for i, name in enumerate(names, 1):
@@ -454,36 +538,25 @@ def compare(
             say(f"failed: {exc}")
             outcomes.append(ModelOutcome(name=str(name), status="failed", reason=str(exc)))
             continue
-        key = _key(model, settings, data_id)
+        key = model_key(model, settings, data_id)
         record = out / "models" / f"{model.name}.json" if out is not None else None
         if record is not None and (done := _load_record(record, key)) is not None:
             say("already done with the same inputs; skipped")
             outcomes.append(done)
             continue
-        try:
-            outcome, fit = _run_model(model, settings, key, say)
-            fits[model.name] = fit
-        except (PtaflowError, FloatingPointError, ValueError, np.linalg.LinAlgError) as exc:
-            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            say(f"failed: {reason}")
-            outcome = ModelOutcome(name=model.name, status="failed", reason=reason, key=key)
-            if out is not None:
-                (out / "models").mkdir(parents=True, exist_ok=True)
-                (out / "models" / f"{model.name}.error.txt").write_text(traceback.format_exc())
-        outcomes.append(outcome)
-        if record is not None and outcome.ok:
-            save_posterior(
-                fits[model.name].to_result(comparison_key=key), out / "models" / f"{model.name}.h5"
-            )
+        run = evaluate_model(model, settings, key=key, log=say)
+        outcomes.append(run.outcome)
+        if out is not None and run.traceback:
+            write_bytes_atomic(out / "models" / f"{model.name}.error.txt", run.traceback.encode())
+        if run.fit is not None:
+            fits[model.name] = run.fit
+        if record is not None and run.fit is not None:
+            h5 = out / "models" / f"{model.name}.h5"
+            save_posterior(run.fit.to_result(comparison_key=key), h5)
             write_json_atomic(
                 record,
-                {"format": _RECORD_FORMAT, "outcome": outcome.to_dict(), "data": data_id},
+                {"format": _RECORD_FORMAT, "outcome": run.outcome.to_dict(), "data": data_id},
             )
-        say(
-            f"{outcome.status}: ln Z = {outcome.log_z_harmonic:.3f} +- "
-            f"{outcome.log_z_harmonic_err:.3f} (harmonic), {outcome.log_z_importance:.3f} +- "
-            f"{outcome.log_z_importance_err:.3f} (importance), {outcome.wall_time_s:.1f} s"
-        )
     table = Comparison(tuple(outcomes), settings.reference, settings, str(out) if out else None)
     if out is not None:
         _write_outputs(table, out, fits, data_id, plots)
@@ -492,8 +565,6 @@ def compare(
 
 def _write_outputs(table: Comparison, out: pathlib.Path, fits, data_id, plots: bool) -> None:
     import h5py
-
-    from .results import write_bytes_atomic
 
     rows = table.rows()
     prov = provenance()

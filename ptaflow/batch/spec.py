@@ -1,0 +1,567 @@
+"""Batch job specifications: a TOML file validated into frozen dataclasses, expanded into tasks.
+
+A job is models x data sets (mode refit/full, CURN/HD) x settings variants x replicate seeds.
+Each task is one model fit plus its two evidence estimates (`ptaflow.compare.evaluate_model`)
+and is keyed by a hash of its inputs: model file, data, settings, base seed, replicate number
+and ptaflow version. The task's seed derives from the base seed and that key, so the same job
+gives the same numbers whichever executor runs it, and a changed input gives a new task.
+
+Example (every key shown; only `models` and one `[[datasets]]` table are required):
+
+    name = "ng15-sources"
+    out_dir = "runs/ng15-sources"   # relative to this file
+    models = ["seed10"]             # names, model-file paths (relative to this file), presets
+    reference = "smbhb"             # Bayes factors against this model (added if missing)
+    base_seed = 0
+    replicates = 1                  # seeds per model, data set and variant
+
+    [[datasets]]
+    name = "refit"
+    mode = "refit"                  # NG15 free-spectrum densities, SGWB parameters only
+    n_freq = 14
+
+    [[datasets]]
+    name = "ng15-10psr"
+    mode = "full"                   # reduced pulsar data, red noise + common process
+    pulsars = 10                    # N best by the ranking rule, or a list of names
+    data = "data/ng15_48psr_reduced_k30.h5"   # default: the shipped NG15 subset
+    correlations = ["curn", "hd"]
+    n_rn = 30
+    n_gw = 14
+
+    [train]        # ptaflow.flows.TrainConfig fields, over the mode's default
+    max_steps = 3000
+    [flow]         # ptaflow.flows.FlowConfig fields
+    family = "maf"
+    [evidence]     # n_flow_samples, exact ("imh"/"neutra"), n_chains, n_per_chain,
+    n_chains = 20  # neutra_warmup, temperature
+
+    [[variants]]   # optional settings sweep; each overrides [train]/[flow]/[evidence]
+    name = "long"
+    train = { max_steps = 6000 }
+
+    [executor]     # defaults for `ptaflow batch run` (command-line options override)
+    kind = "local" # "local", "ray" or "slurm"
+    workers = 1    # local: parallel worker processes, or "gpus" (one per visible GPU)
+    retries = 2    # extra attempts for a task that crashed or failed
+    [executor.ray]
+    address = ""   # "" starts a local Ray cluster; "auto" or "ray://head:10001" joins one
+    num_cpus = 1   # CPUs per task (GPUs: one per task whenever the cluster has GPUs)
+    [executor.slurm]
+    partition = "gpu"
+    time = "04:00:00"
+    gpus_per_task = 1
+    cpus_per_task = 4
+    mem = "32G"
+    account = ""
+    max_parallel = 0            # array throttle (%N); 0 = no limit
+    python = ""                 # interpreter on the nodes (default: this one)
+    setup = ["module load cuda/12"]   # shell lines run before the task
+    extra = ["--constraint=h100"]     # further #SBATCH options
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .. import __version__
+from ..errors import DataError, ParameterError, close_matches
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "DatasetSpec",
+    "VariantSpec",
+    "ExecutorSpec",
+    "JobSpec",
+    "Task",
+    "load_job",
+    "parse_job",
+    "expand_tasks",
+]
+
+_TASK_FORMAT = 1
+_EVIDENCE_KEYS = (
+    "n_flow_samples",
+    "exact",
+    "n_chains",
+    "n_per_chain",
+    "neutra_warmup",
+    "temperature",
+)
+
+
+def _check_keys(table: Mapping, allowed: Sequence[str], where: str) -> None:
+    for k in table:
+        if k not in allowed:
+            hint = close_matches(str(k), allowed)
+            raise ParameterError(
+                f"{where}: unknown key {k!r}; expected one of {', '.join(allowed)}.{hint}"
+            )
+
+
+def _expect(value: Any, types: type | tuple[type, ...], where: str, what: str) -> Any:
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise ParameterError(f"{where}: expected {what}, got {value!r}")
+    if not isinstance(value, types):
+        raise ParameterError(f"{where}: expected {what}, got {value!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """One data set of a job.
+
+    Attributes:
+        name: label used in tables and reports.
+        mode: "refit" (free-spectrum densities) or "full" (reduced pulsar data).
+        pulsars: full mode: N best pulsars or their names.
+        data: full mode: reduced-data HDF5 path (absolute), None for the shipped NG15 subset.
+        correlations: full mode: "curn" and/or "hd", each a separate comparison.
+        n_rn, n_gw: red-noise / common-process frequencies (full mode).
+        n_freq: free-spectrum frequencies (refit mode).
+    """
+
+    name: str
+    mode: str = "refit"
+    pulsars: int | tuple[str, ...] = 10
+    data: str | None = None
+    correlations: tuple[str, ...] = ("curn",)
+    n_rn: int = 30
+    n_gw: int = 14
+    n_freq: int = 14
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantSpec:
+    """A settings variant: overrides of the job's [train], [flow] and [evidence] tables."""
+
+    name: str = "default"
+    train: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    flow: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    evidence: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutorSpec:
+    """How `ptaflow batch run` runs the tasks by default (see the module docstring)."""
+
+    kind: str = "local"
+    workers: int | str = 1
+    retries: int = 2
+    ray: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    slurm: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSpec:
+    """A validated batch job (see the module docstring for the TOML form).
+
+    Attributes:
+        name: job name (Slurm job name, report titles).
+        path: the job file (absolute), None for a job built in Python.
+        out_dir: output folder (absolute).
+        models: model names / model-file paths, presets expanded, reference first.
+        reference: model the Bayes factors are taken against.
+        base_seed: the seed every task seed derives from.
+        replicates: independent seeds per model, data set and variant.
+        datasets, variants, executor: see their classes.
+        train, flow, evidence: job-wide settings (TrainConfig / FlowConfig fields; evidence
+            options of `CompareSettings`).
+    """
+
+    name: str
+    out_dir: str
+    models: tuple[str, ...]
+    datasets: tuple[DatasetSpec, ...]
+    reference: str = "smbhb"
+    base_seed: int = 0
+    replicates: int = 1
+    train: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    flow: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    evidence: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    variants: tuple[VariantSpec, ...] = (VariantSpec(),)
+    executor: ExecutorSpec = ExecutorSpec()
+    path: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One model fit + evidences: a model on one data set, correlation, variant and replicate.
+
+    Attributes:
+        index: position in the job's task list (the Slurm array index).
+        key: hash of the task's inputs (its folder name under `out_dir/tasks/`).
+        model: model name or absolute model-file path.
+        model_name: the model's name.
+        dataset: data-set name.
+        correlation: "curn"/"hd" (full mode), None (refit mode).
+        variant: settings-variant name.
+        replicate: replicate number (0 .. replicates-1).
+        seed: the task's seed (derived from the job's base seed and `key`).
+        settings: the complete `CompareSettings` the task runs with (seed included).
+    """
+
+    index: int
+    key: str
+    model: str
+    model_name: str
+    dataset: str
+    correlation: str | None
+    variant: str
+    replicate: int
+    seed: int
+    settings: Any  # ptaflow.compare.CompareSettings (imported lazily: it pulls in JAX)
+
+    @property
+    def group(self) -> str:
+        """The comparison this task belongs to: data set, correlation, variant, replicate."""
+        data = self.dataset if self.correlation is None else f"{self.dataset}-{self.correlation}"
+        return f"{data}/{self.variant}/r{self.replicate}"
+
+    def describe(self) -> dict:
+        """JSON-able description (settings as a dict)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["settings"] = self.settings.to_dict()
+        d["group"] = self.group
+        return d
+
+
+# --- parsing -----------------------------------------------------------------------------------
+
+
+def load_job(path: str | pathlib.Path) -> JobSpec:
+    """Read and validate a TOML job file (relative paths in it are relative to the file).
+
+    Raises:
+        DataError: the file is missing or is not valid TOML.
+        ParameterError: a key or value is not what a job expects (the message names it).
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise DataError(f"job file {path} does not exist")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"job file {path} is not valid TOML: {exc}") from exc
+    return parse_job(raw, base_dir=path.parent, path=path)
+
+
+def _resolve(base: pathlib.Path, value: str) -> str:
+    p = pathlib.Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _is_path(model: str) -> bool:
+    return model.endswith(".py") or "/" in model or "\\" in model
+
+
+def _parse_dataset(d: Any, i: int, base: pathlib.Path) -> DatasetSpec:
+    where = f"[[datasets]] #{i + 1}"
+    _expect(d, dict, where, "a table")
+    allowed = ("name", "mode", "pulsars", "data", "correlations", "n_rn", "n_gw", "n_freq")
+    _check_keys(d, allowed, where)
+    name = _expect(d.get("name", f"dataset{i + 1}"), str, f"{where}.name", "a string")
+    where = f"[[datasets]] {name!r}"
+    mode = d.get("mode", "refit")
+    if mode not in ("refit", "full"):
+        raise ParameterError(f"{where}.mode = {mode!r}: expected 'refit' or 'full'")
+    pulsars = d.get("pulsars", 10)
+    if isinstance(pulsars, list):
+        pulsars = tuple(_expect(p, str, f"{where}.pulsars", "pulsar names") for p in pulsars)
+        if not pulsars:
+            raise ParameterError(f"{where}.pulsars is empty: expected N or pulsar names")
+    else:
+        _expect(pulsars, int, f"{where}.pulsars", "an integer N or a list of pulsar names")
+        if pulsars < 1:
+            raise ParameterError(f"{where}.pulsars = {pulsars}: expected N >= 1")
+    data = d.get("data")
+    if data is not None:
+        data = _resolve(base, _expect(data, str, f"{where}.data", "a file path"))
+    corr = d.get("correlations", ["curn"])
+    corr = [corr] if isinstance(corr, str) else corr
+    _expect(corr, list, f"{where}.correlations", "a list of 'curn'/'hd'")
+    for c in corr:
+        if c not in ("curn", "hd"):
+            raise ParameterError(f"{where}.correlations: {c!r} is not 'curn' or 'hd'")
+    if len(set(corr)) != len(corr) or not corr:
+        raise ParameterError(f"{where}.correlations = {corr}: expected distinct, non-empty")
+    ints = {}
+    for k, default in (("n_rn", 30), ("n_gw", 14), ("n_freq", 14)):
+        v = _expect(d.get(k, default), int, f"{where}.{k}", "a positive integer")
+        if v < 1:
+            raise ParameterError(f"{where}.{k} = {v}: expected a positive integer")
+        ints[k] = v
+    if mode == "refit" and ("correlations" in d or "pulsars" in d or "data" in d):
+        raise ParameterError(
+            f"{where}: mode 'refit' uses the NG15 free-spectrum densities; 'pulsars', 'data' "
+            "and 'correlations' apply to mode 'full'"
+        )
+    return DatasetSpec(
+        name=name,
+        mode=mode,
+        pulsars=pulsars,
+        data=data,
+        correlations=tuple(corr) if mode == "full" else ("curn",),
+        **ints,
+    )
+
+
+def _settings_table(raw: Any, where: str, allowed: Sequence[str]) -> dict:
+    _expect(raw, dict, where, "a table")
+    _check_keys(raw, allowed, where)
+    return dict(raw)
+
+
+def _config_fields() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    from ..flows import FlowConfig, TrainConfig
+
+    return (
+        tuple(f.name for f in dataclasses.fields(TrainConfig)),
+        tuple(f.name for f in dataclasses.fields(FlowConfig)),
+    )
+
+
+def parse_job(
+    raw: Mapping[str, Any],
+    *,
+    base_dir: str | pathlib.Path = ".",
+    path: str | pathlib.Path | None = None,
+) -> JobSpec:
+    """Validate a job given as a dict (the parsed TOML); see `load_job`.
+
+    Args:
+        raw: the job's tables and keys.
+        base_dir: folder that relative paths (out_dir, data, model files) are relative to.
+        path: the job file, recorded in the spec.
+    """
+    base = pathlib.Path(base_dir).resolve()
+    top = (
+        "name",
+        "out_dir",
+        "models",
+        "reference",
+        "base_seed",
+        "replicates",
+        "datasets",
+        "train",
+        "flow",
+        "evidence",
+        "variants",
+        "executor",
+    )
+    _check_keys(raw, top, "job")
+    name = _expect(
+        raw.get("name", pathlib.Path(path).stem if path else "job"), str, "name", "a string"
+    )
+    out_dir = _resolve(base, _expect(raw.get("out_dir", f"runs/{name}"), str, "out_dir", "a path"))
+    models = raw.get("models")
+    if models is None:
+        raise ParameterError("job: 'models' is missing: expected a list of model names or presets")
+    models = [models] if isinstance(models, str) else models
+    _expect(models, list, "models", "a list of model names, model-file paths or presets")
+    reference = _expect(raw.get("reference", "smbhb"), str, "reference", "a model name")
+    from ..compare import resolve_models
+
+    expanded = resolve_models(
+        [_resolve(base, m) if _is_path(_expect(m, str, "models", "strings")) else m for m in models]
+    )
+    if reference not in expanded:
+        expanded = (reference, *expanded)
+    from ..models import load_model
+
+    for m in expanded:  # unknown names and broken files fail now, not mid-batch
+        load_model(m, validate=False)
+    base_seed = _expect(raw.get("base_seed", 0), int, "base_seed", "an integer")
+    replicates = _expect(raw.get("replicates", 1), int, "replicates", "a positive integer")
+    if replicates < 1:
+        raise ParameterError(f"replicates = {replicates}: expected a positive integer")
+    ds_raw = raw.get("datasets")
+    if not ds_raw:
+        raise ParameterError("job: no [[datasets]] table: expected at least one data set")
+    _expect(ds_raw, list, "datasets", "an array of [[datasets]] tables")
+    datasets = tuple(_parse_dataset(d, i, base) for i, d in enumerate(ds_raw))
+    names = [d.name for d in datasets]
+    if len(set(names)) != len(names):
+        raise ParameterError(f"[[datasets]] names repeat: {names}; expected distinct names")
+    train_fields, flow_fields = _config_fields()
+    train = _settings_table(raw.get("train", {}), "[train]", train_fields)
+    flow = _settings_table(raw.get("flow", {}), "[flow]", flow_fields)
+    evidence = _settings_table(raw.get("evidence", {}), "[evidence]", _EVIDENCE_KEYS)
+    variants = []
+    for i, v in enumerate(raw.get("variants", [{"name": "default"}])):
+        where = f"[[variants]] #{i + 1}"
+        _expect(v, dict, where, "a table")
+        _check_keys(v, ("name", "train", "flow", "evidence"), where)
+        vname = _expect(v.get("name", f"variant{i + 1}"), str, f"{where}.name", "a string")
+        variants.append(
+            VariantSpec(
+                name=vname,
+                train=_settings_table(v.get("train", {}), f"{where}.train", train_fields),
+                flow=_settings_table(v.get("flow", {}), f"{where}.flow", flow_fields),
+                evidence=_settings_table(
+                    v.get("evidence", {}), f"{where}.evidence", _EVIDENCE_KEYS
+                ),
+            )
+        )
+    vnames = [v.name for v in variants]
+    if not variants or len(set(vnames)) != len(vnames):
+        raise ParameterError(f"[[variants]] names {vnames}: expected distinct names")
+    job = JobSpec(
+        name=name,
+        out_dir=out_dir,
+        models=expanded,
+        datasets=datasets,
+        reference=reference,
+        base_seed=base_seed,
+        replicates=replicates,
+        train=train,
+        flow=flow,
+        evidence=evidence,
+        variants=tuple(variants),
+        executor=_parse_executor(raw.get("executor", {})),
+        path=str(pathlib.Path(path).resolve()) if path is not None else None,
+    )
+    for ds in job.datasets:  # every settings combination must validate now, not mid-batch
+        for v in job.variants:
+            for corr in ds.correlations:
+                _settings(job, ds, corr, v, seed=0)
+    return job
+
+
+def _parse_executor(raw: Any) -> ExecutorSpec:
+    _expect(raw, dict, "[executor]", "a table")
+    _check_keys(raw, ("kind", "workers", "retries", "ray", "slurm"), "[executor]")
+    kind = raw.get("kind", "local")
+    if kind not in ("local", "ray", "slurm"):
+        raise ParameterError(f"[executor].kind = {kind!r}: expected 'local', 'ray' or 'slurm'")
+    workers = raw.get("workers", 1)
+    if workers != "gpus" and not (isinstance(workers, int) and workers >= 1):
+        raise ParameterError(f"[executor].workers = {workers!r}: expected N >= 1 or 'gpus'")
+    retries = _expect(raw.get("retries", 2), int, "[executor].retries", "an integer >= 0")
+    if retries < 0:
+        raise ParameterError(f"[executor].retries = {retries}: expected an integer >= 0")
+    ray = _settings_table(raw.get("ray", {}), "[executor.ray]", ("address", "num_cpus"))
+    slurm_keys = (
+        "partition",
+        "time",
+        "gpus_per_task",
+        "cpus_per_task",
+        "mem",
+        "account",
+        "max_parallel",
+        "python",
+        "setup",
+        "extra",
+    )
+    slurm = _settings_table(raw.get("slurm", {}), "[executor.slurm]", slurm_keys)
+    return ExecutorSpec(kind=kind, workers=workers, retries=retries, ray=ray, slurm=slurm)
+
+
+# --- expansion ---------------------------------------------------------------------------------
+
+
+def _settings(job: JobSpec, ds: DatasetSpec, correlation: str, variant: VariantSpec, seed: int):
+    """The CompareSettings of one task (validated by the dataclasses themselves)."""
+    from ..compare import CompareSettings
+    from ..flows import FlowConfig, TrainConfig
+
+    where = f"data set {ds.name!r}, variant {variant.name!r}"
+    base_train = TrainConfig(init="prior") if ds.mode == "refit" else TrainConfig()
+    try:
+        train = dataclasses.replace(base_train, **{**job.train, **variant.train})
+        flow = FlowConfig(**{**job.flow, **variant.flow})
+        return CompareSettings(
+            mode=ds.mode,
+            correlation=correlation,
+            pulsars=ds.pulsars,
+            data=ds.data,
+            n_rn=ds.n_rn,
+            n_gw=ds.n_gw,
+            n_freq=ds.n_freq,
+            reference=job.reference,
+            seed=seed,
+            train=train,
+            flow=flow,
+            **{**job.evidence, **variant.evidence},
+        )
+    except (TypeError, ValueError) as exc:
+        raise ParameterError(f"{where}: {exc}") from exc
+
+
+def _digest(obj: Any) -> str:
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def expand_tasks(job: JobSpec) -> tuple[Task, ...]:
+    """All tasks of a job in a fixed order (data set, correlation, variant, replicate, model).
+
+    The task key hashes the model file, the data identity (pulsars, reduced-file inputs,
+    frequencies or the densities), the complete settings apart from the seed, the base seed,
+    the replicate number and the ptaflow version; the task seed is derived from the base seed
+    and the key. Loads each full-mode data set once to identify it.
+
+    Raises:
+        ModelError: a model name or file cannot be loaded.
+        ParameterError: two tasks would be identical (e.g. two data sets with the same content).
+    """
+    from ..compare import data_identity, settings_identity
+    from ..models import load_model
+
+    models = {m: load_model(m) for m in job.models}
+    model_files = {
+        m: hashlib.sha256(pathlib.Path(sm.path).read_bytes()).hexdigest()
+        for m, sm in models.items()
+    }
+    tasks: list[Task] = []
+    seen: dict[str, str] = {}
+    for ds in job.datasets:
+        for corr in ds.correlations:
+            for variant in job.variants:
+                unseeded = _settings(job, ds, corr, variant, seed=0)
+                data_id = data_identity(unseeded)
+                for rep in range(job.replicates):
+                    for m in job.models:
+                        key = _digest(
+                            {
+                                "format": _TASK_FORMAT,
+                                "model_file": model_files[m],
+                                "model": models[m].name,
+                                "data": data_id,
+                                "settings": settings_identity(unseeded),
+                                "base_seed": job.base_seed,
+                                "replicate": rep,
+                                "version": __version__,
+                            }
+                        )[:20]
+                        seed = int(_digest(f"{job.base_seed}:{key}")[:8], 16) & 0x7FFFFFFF
+                        task = Task(
+                            index=len(tasks),
+                            key=key,
+                            model=m,
+                            model_name=models[m].name,
+                            dataset=ds.name,
+                            correlation=corr if ds.mode == "full" else None,
+                            variant=variant.name,
+                            replicate=rep,
+                            seed=seed,
+                            settings=dataclasses.replace(unseeded, seed=seed),
+                        )
+                        if key in seen:
+                            raise ParameterError(
+                                f"tasks {seen[key]} and {task.group}:{task.model_name} have the "
+                                "same inputs; give the data sets or variants different content"
+                            )
+                        seen[key] = f"{task.group}:{task.model_name}"
+                        tasks.append(task)
+    return tuple(tasks)
