@@ -274,3 +274,15 @@ def test_run_task_index_is_checked(tmp_path):
     with pytest.raises(DataError, match="plan the job first"):
         load_manifest(tmp_path / "nowhere")
     assert not (pathlib.Path(job.out_dir) / "tasks").exists()  # nothing ran
+
+
+def test_the_documented_example_job_is_valid():
+    job = load_job(pathlib.Path(__file__).resolve().parents[1] / "examples" / "ng15_sources.toml")
+    tasks = expand_tasks(job)
+    # 10 seed models x (refit + full CURN + full HD) x 2 replicates, as its header says
+    assert len(tasks) == 60 and job.executor.slurm["max_parallel"] == 8
+    assert {t.group.split("/")[0] for t in tasks} == {
+        "ng15-refit",
+        "ng15-10psr-curn",
+        "ng15-10psr-hd",
+    }
