@@ -15,6 +15,7 @@ import math
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -286,3 +287,36 @@ def test_the_documented_example_job_is_valid():
         "ng15-10psr-curn",
         "ng15-10psr-hd",
     }
+
+
+def test_a_crashing_task_is_recorded_retried_and_does_not_stop_the_batch(tmp_path, monkeypatch):
+    job = _job(tmp_path, "crash")
+    tasks = plan(job)
+    calls = []
+
+    def crash(model, settings, **kwargs):
+        calls.append(model)
+        raise RuntimeError("XLA: out of memory while allocating 3.2 GiB")
+
+    monkeypatch.setattr("ptaflow.compare.evaluate_model", crash)
+    run_local(job, workers=1, retries=1, log=None)
+    assert calls == ["smbhb", "powerlaw"] * 2  # every task tried, then retried once
+    states = task_states(job.out_dir, tasks)
+    assert [s.state for s in states] == ["failed", "failed"]
+    assert all(s.attempts == 2 and "out of memory" in s.detail for s in states)
+    error = (pathlib.Path(job.out_dir) / "tasks" / tasks[0].key / "error.txt").read_text()
+    assert "Traceback" in error and "RuntimeError" in error
+    assert format_status(states).startswith("2 tasks: 2 failed")
+    # A task whose process vanished mid-run (killed, node rebooted) shows as interrupted.
+    gone = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True).stdout
+    att = pathlib.Path(job.out_dir) / "tasks" / tasks[1].key / "attempts.json"
+    att.write_text(
+        json.dumps(
+            {"attempts": 3, "state": "running", "host": socket.gethostname(), "pid": int(gone)}
+        )
+    )
+    assert task_states(job.out_dir, tasks)[1].state == "interrupted"
+    rep = report(job.out_dir, plots=False)
+    rows = rep.comparisons["ng15-refit/default/r0"].rows()
+    assert rep.n_done == 0 and [r["status"] for r in rows] == ["failed", "pending"]
+    assert math.isnan(rows[1]["ln_B"])

@@ -28,6 +28,7 @@ import os
 import pathlib
 import re
 import socket
+import traceback
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -163,7 +164,7 @@ def run_task(
         log: progress messages; None for silence.
         force: run even if a result with the same key exists.
     """
-    from ..compare import ModelOutcome, evaluate_model
+    from ..compare import ModelOutcome, ModelRun, evaluate_model
     from ..results import provenance, save_posterior, write_bytes_atomic, write_json_atomic
 
     say = log or (lambda _msg: None)
@@ -184,12 +185,18 @@ def run_task(
     }
     write_json_atomic(attempts_path, state)
     say(f"task {task.index} ({task.group} {task.model_name}), attempt {attempt}: started")
-    run = evaluate_model(
-        task.model,
-        task.settings,
-        key=task.key,
-        log=lambda msg: say(f"task {task.index} ({task.model_name}): {msg}"),
-    )
+    try:
+        run = evaluate_model(
+            task.model,
+            task.settings,
+            key=task.key,
+            log=lambda msg: say(f"task {task.index} ({task.model_name}): {msg}"),
+        )
+    except Exception as exc:  # any crash of one task is recorded; the batch goes on
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        say(f"task {task.index} ({task.model_name}): failed: {reason}")
+        failed = ModelOutcome(name=task.model_name, status="failed", reason=reason, key=task.key)
+        run = ModelRun(failed, None, traceback.format_exc())
     if run.fit is None:
         write_bytes_atomic(folder / "error.txt", (run.traceback or run.outcome.reason).encode())
         write_json_atomic(
@@ -223,7 +230,8 @@ class TaskState:
     Attributes:
         task: the task.
         state: "done" (a result exists), "failed" (the latest attempt failed), "running" (an
-            attempt started and has not ended: running now, or killed), "pending" (never run).
+            attempt started and has not ended; on another host it may also have been killed),
+            "interrupted" (its process on this host is gone), "pending" (never run).
         attempts: attempts so far.
         detail: the failure reason, or host/pid/start of a running attempt.
         outcome: the result's outcome dict when done.
@@ -249,10 +257,23 @@ def task_states(out_dir: str | pathlib.Path, tasks: Sequence[Task]) -> list[Task
             states.append(TaskState(t, "failed", n, att.get("reason", "")))
         elif att.get("state") == "running":
             detail = f"{att.get('host')} pid {att.get('pid')} since {att.get('started')}"
-            states.append(TaskState(t, "running", n, detail))
+            here = att.get("host") == socket.gethostname()
+            state = "interrupted" if here and not _alive(att.get("pid")) else "running"
+            states.append(TaskState(t, state, n, detail))
         else:
             states.append(TaskState(t, "pending", n))
     return states
+
+
+def _alive(pid) -> bool:
+    """Whether a process of this host still exists."""
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def format_status(states: Sequence[TaskState]) -> str:
@@ -260,7 +281,7 @@ def format_status(states: Sequence[TaskState]) -> str:
     counts: dict[str, int] = defaultdict(int)
     for s in states:
         counts[s.state] += 1
-    order = ("done", "running", "failed", "pending")
+    order = ("done", "running", "interrupted", "failed", "pending")
     lines = [
         f"{len(states)} tasks: " + ", ".join(f"{counts[k]} {k}" for k in order if counts[k]),
     ]
