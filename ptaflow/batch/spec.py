@@ -110,9 +110,8 @@ def _check_keys(table: Mapping, allowed: Sequence[str], where: str) -> None:
 
 
 def _expect(value: Any, types: type | tuple[type, ...], where: str, what: str) -> Any:
-    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise ParameterError(f"{where}: expected {what}, got {value!r}")
-    if not isinstance(value, types):
+    """value if it is of `types` (a TOML true/false is not an integer), else ParameterError."""
+    if not isinstance(value, types) or (isinstance(value, bool) and types is int):
         raise ParameterError(f"{where}: expected {what}, got {value!r}")
     return value
 
