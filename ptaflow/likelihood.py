@@ -14,7 +14,9 @@ Gaussian-process likelihood on reduced data (DESIGN.md section 2; see `ptaflow.d
     ln L = sum_a c_a + 1/2 d^T S^-1 d - 1/2 [ln det Phi + ln det S],  S = Phi^-1 + FNF,
 
 evaluated as ln det(I + Phi^1/2 FNF Phi^1/2) with d = FNr, which is well conditioned for any
-prior variances. CURN: Phi is diagonal, one 2K x 2K Cholesky factorisation per pulsar. HD: the
+prior variances. CURN: Phi is diagonal, one 2K x 2K Cholesky factorisation per pulsar; on a CPU,
+`batch` and `jax.vmap(like)` factorise all pulsars and parameter vectors of a batch together
+(see `_curn_terms`), several times faster per evaluation than single calls. HD: the
 common process couples pulsars through Gamma_ab (Hellings & Downs 1983) at the K_gw lowest
 frequencies only; the K_rn - K_gw uncoupled frequencies are eliminated per pulsar by a Schur
 complement, leaving one (n_psr 2 K_gw)^2 system.
@@ -22,6 +24,7 @@ complement, leaving one (n_psr 2 K_gw)^2 system.
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import warnings
 from collections.abc import Callable, Sequence
@@ -31,6 +34,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 from .data.reduction import ReducedPTA
 from .errors import DataError, ParameterError
@@ -144,6 +148,199 @@ def _chol_logdet_quad(A, d):
     return jnp.sum(jnp.log(jnp.diagonal(L))), jnp.sum(x * x)
 
 
+# --- CURN: one whitened 2K x 2K system per pulsar and parameter vector ----------------------------
+#
+# ln L needs, per pulsar, only ln det A and d^T A^-1 d with A = I + D FNF D, d = D FNr. On a CPU,
+# jaxlib factorises a batch of small matrices one LAPACK call at a time (~30 us for 60 x 60, plus
+# ~15 us for the triangular solve). `_curn_terms_blocked` instead runs one Cholesky factorisation
+# for a whole block of matrices at once, batch in the last axis so that every step is a SIMD loop
+# over matrices, with the forward substitution fused in; about 4x faster per matrix.
+
+#: Block-column width of the batched Cholesky factorisation (fastest measured on a 2-core AMD EPYC).
+_BLOCK_WIDTH = 6
+#: Matrices per pass of the batched factorisation: its lower block-columns, ~16 kB each for
+#: 2K = 60, then stay in a 1 MB L2 cache.
+_CACHE_BYTES = 2**20
+
+
+def _curn_terms_lapack(sq, FNF, FNr):
+    """Per-pulsar (1/2 ln det A, d^T A^-1 d), A = I + sq FNF sq, d = sq FNr, via LAPACK.
+
+    Args:
+        sq: (n_samples, n_psr, m) square roots of the prior variances [s], m = 2 n_rn.
+        FNF: (n_psr, m, m); FNr: (n_psr, m).
+
+    Returns:
+        Two (n_samples, n_psr) arrays.
+    """
+    A = sq[..., :, None] * FNF * sq[..., None, :] + jnp.eye(sq.shape[-1], dtype=sq.dtype)
+    per_psr = jax.vmap(jax.vmap(_chol_logdet_quad))
+    return per_psr(A, sq * FNr)
+
+
+def _nans(shapes, dtype, *_):
+    """The not-taken branch of `_curn_terms_blocked`'s conditionals: NaN arrays of `shapes`."""
+    return tuple(jnp.full(shape, jnp.nan, dtype) for shape in shapes)
+
+
+def _panel(B, r):
+    """Cholesky factor of one lower block-column, batch last.
+
+    Args:
+        B: (rows, w, N) columns of the trailing matrix, its leading (w, w) block the diagonal.
+        r: (rows, N) the trailing right-hand side.
+
+    Returns:
+        L (rows, w, N) the factor's columns, x (w, N) their forward-substitution entries,
+        sum ln diag L (N,), and the updated right-hand side (rows - w, N).
+    """
+    w, N = B.shape[1], B.shape[2]
+    cols, xs, half_logdet = [], [], 0.0
+    for t in range(w):
+        v, rt = B[t:, t], r[t]
+        for u in range(t):
+            v = v - cols[u][t:] * cols[u][t]
+            rt = rt - cols[u][t] * xs[u]
+        piv = jnp.sqrt(v[0])
+        half_logdet = half_logdet + jnp.log(piv)
+        col = v / piv
+        cols.append(jnp.concatenate([jnp.zeros((t, N), B.dtype), col]) if t else col)
+        xs.append(rt / piv)
+    L, x = jnp.stack(cols, axis=1), jnp.stack(xs)
+    return L, x, half_logdet, r[w:] - jnp.sum(L[w:] * x[None], axis=1)
+
+
+def _rank_update(L, blocks, offsets):
+    """Trailing block-columns minus L L^T: blocks[i] (rows_i, w_i, N) starts offsets[i] rows
+    below L's first row."""
+    out = []
+    for B, off in zip(blocks, offsets, strict=True):
+        rows, top = L[off:], L[off : off + B.shape[1]]
+        for t in range(L.shape[1]):
+            B = B - rows[:, t][:, None] * top[:, t][None, :]
+        out.append(B)
+    return tuple(out)
+
+
+def _curn_terms_blocked(sq, F, FNr_t, width):
+    """Right-looking blocked Cholesky of all A = I + sq F sq at once, batch in the last axis.
+
+    Args:
+        sq: (m, n_samples, n_psr) square roots of the prior variances [s].
+        F: (m, m, n_psr) FNF; FNr_t: (m, n_psr) FNr, both with pulsars last.
+        width: block-column width.
+
+    Returns:
+        (1/2 ln det A, d^T A^-1 d), each (n_samples, n_psr).
+
+    Every step is a loop over the n_samples n_psr matrices. Each block step runs inside a
+    `lax.cond` on a runtime predicate (always true: sq >= 0, and NaN compares false), which
+    stops XLA from fusing a block into its several consumers and recomputing it in each; the
+    other branch returns NaN. A matrix that is not positive definite gets NaN, like LAPACK's.
+    """
+    m, S, P = sq.shape
+    N, dt = S * P, sq.dtype
+    eye = jnp.eye(m, dtype=dt)
+
+    def block(sq, F, s, e):  # rows s: of columns s:e of A, (m - s, e - s, N)
+        B = sq[s:, None] * F[s:, s:e, None, :] * sq[None, s:e] + eye[s:, s:e, None, None]
+        return B.reshape(m - s, e - s, N)
+
+    starts = list(range(0, m, width))
+    ends = [min(s + width, m) for s in starts]
+    pred = jnp.logical_not(sq[0, 0, 0] < 0)
+    r = (sq * FNr_t[:, None, :]).reshape(m, N)
+    half_logdet = quad = jnp.zeros(N, dt)
+    blocks = [None] * len(starts)
+    for c, (s, e) in enumerate(zip(starts, ends, strict=True)):
+        shapes = ((m - s, e - s, N), (e - s, N), (N,), (m - e, N))
+        if c == 0:  # A's first block-column is built inside the branch, fused into its reads
+            args, first = (sq, F, r), lambda sq, F, r: _panel(block(sq, F, 0, ends[0]), r)
+        else:
+            args, first = (blocks[c], r), _panel
+        L, x, lp, r = jax.lax.cond(pred, first, functools.partial(_nans, shapes, dt), *args)
+        half_logdet, quad = half_logdet + lp, quad + jnp.sum(x * x, axis=0)
+        rest = range(c + 1, len(starts))
+        if not rest:
+            break
+        offsets = [starts[i] - s for i in rest]
+        nans = [(m - starts[i], ends[i] - starts[i], N) for i in rest]
+        if c == 0:
+            args = (L, sq, F)
+
+            def update(L, sq, F, rest=rest, offsets=offsets):
+                return _rank_update(L, [block(sq, F, starts[i], ends[i]) for i in rest], offsets)
+        else:
+            args = (L, tuple(blocks[c + 1 :]))
+
+            def update(L, trailing, offsets=offsets):
+                return _rank_update(L, trailing, offsets)
+
+        new = jax.lax.cond(pred, update, functools.partial(_nans, nans, dt), *args)
+        blocks[c + 1 :] = list(new)
+    return half_logdet.reshape(S, P), quad.reshape(S, P)
+
+
+def _curn_terms_cpu(sq, FNF, FNr):
+    """`_curn_terms_blocked` over cache-sized groups of parameter vectors (zero-padded)."""
+    S, P, m = sq.shape
+    F, FNr_t = jnp.moveaxis(FNF, 0, -1), FNr.T
+    per_group = max(1, _CACHE_BYTES // (P * m * (m + _BLOCK_WIDTH) * 4))
+
+    def run(sq_group):
+        return _curn_terms_blocked(jnp.moveaxis(sq_group, -1, 0), F, FNr_t, _BLOCK_WIDTH)
+
+    if S <= per_group:
+        return run(sq)
+    n_groups = -(-S // per_group)
+    pad = n_groups * per_group - S
+    sq = jnp.concatenate([sq, jnp.zeros((pad, P, m), sq.dtype)]) if pad else sq
+    half_logdet, quad = jax.lax.map(run, sq.reshape(n_groups, per_group, P, m))
+    return half_logdet.reshape(-1, P)[:S], quad.reshape(-1, P)[:S]
+
+
+@jax.custom_jvp
+@jax.custom_batching.custom_vmap
+def _curn_terms(sq, FNF, FNr):
+    """Per-pulsar (1/2 ln det A, d^T A^-1 d) of CURN, (n_samples, n_psr) each (see above).
+
+    Values: on a CPU, the batched factorisation for two or more parameter vectors; LAPACK for
+    one (faster there: too few matrices to vectorise over) and on other platforms. `jax.vmap`
+    folds the mapped axis into n_samples, so `vmap(like)` runs the batched path too.
+    Derivatives: those of the LAPACK expression, as before.
+    """
+    if sq.shape[0] == 1:
+        return _curn_terms_lapack(sq, FNF, FNr)
+    return jax.lax.platform_dependent(sq, FNF, FNr, cpu=_curn_terms_cpu, default=_curn_terms_lapack)
+
+
+@_curn_terms.def_vmap
+def _curn_terms_vmap(axis_size, in_batched, sq, FNF, FNr):
+    sq_b, fnf_b, fnr_b = in_batched
+    if fnf_b or fnr_b:  # different data per mapped element (unusual): plain vmap of LAPACK
+        axes = tuple(0 if b else None for b in in_batched)
+        return jax.vmap(_curn_terms_lapack, in_axes=axes)(sq, FNF, FNr), (True, True)
+    B, S, P, m = sq.shape
+    half_logdet, quad = _curn_terms(sq.reshape(B * S, P, m), FNF, FNr)
+    return (half_logdet.reshape(B, S, P), quad.reshape(B, S, P)), (True, True)
+
+
+@functools.partial(_curn_terms.defjvp, symbolic_zeros=True)
+def _curn_terms_jvp(primals, tangents):
+    live = [i for i, t in enumerate(tangents) if not isinstance(t, SymbolicZero)]
+
+    def lapack(*xs):
+        args = list(primals)
+        for i, x in zip(live, xs, strict=True):
+            args[i] = x
+        return _curn_terms_lapack(*args)
+
+    if not live:
+        out = _curn_terms_lapack(*primals)
+        return out, jax.tree_util.tree_map(jnp.zeros_like, out)
+    return jax.jvp(lapack, [primals[i] for i in live], [tangents[i] for i in live])
+
+
 class PTALikelihood(eqx.Module):
     """ln L(theta) of per-pulsar power-law red noise plus one common process (CURN or HD).
 
@@ -203,8 +400,7 @@ class PTALikelihood(eqx.Module):
     def _curn(self, phi_rn, phi_gw):
         phi = phi_rn.at[:, : self.n_gw].add(phi_gw[None, :])
         sq = jnp.sqrt(jnp.repeat(phi, 2, axis=1))  # (n_psr, 2 n_rn), sin/cos share a variance
-        A = sq[:, :, None] * self.FNF * sq[:, None, :] + jnp.eye(sq.shape[1])
-        half_logdet, quad = jax.vmap(_chol_logdet_quad)(A, sq * self.FNr)
+        half_logdet, quad = _curn_terms(sq[None], self.FNF, self.FNr)
         return self.const + 0.5 * jnp.sum(quad) - jnp.sum(half_logdet)
 
     def _hd(self, phi_rn, phi_gw):
