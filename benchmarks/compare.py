@@ -127,9 +127,8 @@ def main(argv=None) -> int:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    from ptaflow.compare import CompareSettings, compare
+    from ptaflow.compare import CompareSettings, compare, comparison_posterior
     from ptaflow.flows import TrainConfig
-    from ptaflow.posterior import make_posterior, make_refit_posterior
 
     if args.mode == "refit":
         settings = CompareSettings(mode="refit", reference=args.reference, seed=args.seed)
@@ -146,18 +145,6 @@ def main(argv=None) -> int:
             train=train,
         )
 
-    def posterior_of(name: str):
-        if settings.mode == "refit":
-            return make_refit_posterior(name, n_freq=settings.n_freq)
-        return make_posterior(
-            settings.data,
-            name,
-            pulsars=settings.pulsars,
-            correlation=settings.correlation,
-            n_rn=settings.n_rn,
-            n_gw=settings.n_gw,
-        )
-
     t0 = time.perf_counter()
     table = compare(
         args.models,
@@ -169,7 +156,7 @@ def main(argv=None) -> int:
     base = {}
     for i, o in enumerate(table.outcomes):
         print(f"baseline ({baseline}): {o.name}", file=sys.stderr, flush=True)
-        post = posterior_of(o.name)
+        post = comparison_posterior(o.name, settings)
         seed = args.seed + 1000 * (i + 1) if baseline == "nuts" else args.seed
         if baseline == "nuts":
             base[o.name] = _nuts_evidence(post, args, seed, settings.temperature)

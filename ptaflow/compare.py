@@ -64,6 +64,8 @@ __all__ = [
     "model_key",
     "data_identity",
     "settings_identity",
+    "comparison_posterior",
+    "plot_comparison_bayes_factors",
     "resolve_models",
 ]
 
@@ -336,7 +338,9 @@ def model_key(model: SourceModel, settings: CompareSettings, data_id: dict | Non
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def _posterior(model: SourceModel, settings: CompareSettings) -> Posterior:
+def comparison_posterior(model: str | SourceModel, settings: CompareSettings) -> Posterior:
+    """The posterior a comparison fits for one model (refit or full mode, from `settings`);
+    baselines (nested sampling, NUTS) built on it see exactly the same target."""
     if settings.mode == "refit":
         return make_refit_posterior(model, n_freq=settings.n_freq)
     return make_posterior(
@@ -363,7 +367,7 @@ def _run_model(
 ) -> tuple[ModelOutcome, PosteriorFit]:
     t0 = time.perf_counter()
     seed = _model_seed(settings.seed, model.name)
-    posterior = _posterior(model, settings)
+    posterior = comparison_posterior(model, settings)
     say(f"fitting a flow ({posterior.describe()})")
     fit = fit_posterior(
         posterior,
@@ -595,20 +599,30 @@ def _write_outputs(table: Comparison, out: pathlib.Path, fits, data_id, plots: b
         _plots(table, out, fits)
 
 
-def _plots(table: Comparison, out: pathlib.Path, fits: dict) -> None:
-    from .likelihood import load_free_spectrum_densities
-    from .plots import plot_bayes_factors, plot_corner, plot_spectrum, spectrum_draws
+def plot_comparison_bayes_factors(table: Comparison, path: str | pathlib.Path) -> bool:
+    """Bar chart of a comparison's ln B (harmonic mean, importance sampling beside it) with
+    errors, for the models with a finite ln B; returns False (nothing written) if none has."""
+    from .plots import plot_bayes_factors
 
     ok = [r for r in table.rows() if math.isfinite(r["ln_B"])]
-    if ok:
-        plot_bayes_factors(
-            [r["model"] for r in ok],
-            [r["ln_B"] for r in ok],
-            [r["ln_B_err"] for r in ok],
-            reference=table.reference,
-            second=([r["ln_B_importance"] for r in ok], [r["ln_B_importance_err"] for r in ok]),
-            path=out / "bayes_factors.png",
-        )
+    if not ok:
+        return False
+    plot_bayes_factors(
+        [r["model"] for r in ok],
+        [r["ln_B"] for r in ok],
+        [r["ln_B_err"] for r in ok],
+        reference=table.reference,
+        second=([r["ln_B_importance"] for r in ok], [r["ln_B_importance_err"] for r in ok]),
+        path=path,
+    )
+    return True
+
+
+def _plots(table: Comparison, out: pathlib.Path, fits: dict) -> None:
+    from .likelihood import load_free_spectrum_densities
+    from .plots import plot_corner, plot_spectrum, spectrum_draws
+
+    plot_comparison_bayes_factors(table, out / "bayes_factors.png")
     dens = load_free_spectrum_densities()
     spectra = {}
     for name, fit in fits.items():

@@ -24,10 +24,9 @@ import math
 
 import pytest
 
-from ptaflow.compare import CompareSettings, compare
+from ptaflow.compare import CompareSettings, compare, comparison_posterior
 from ptaflow.flows import FlowConfig, TrainConfig
 from ptaflow.nested import nested_sampling_evidence
-from ptaflow.posterior import make_posterior
 
 MODELS = ["smbhb", "powerlaw", "sigw_gauss_2p"]
 REFERENCE = "smbhb"
@@ -59,7 +58,7 @@ def run():
     table = compare(MODELS, settings=SETTINGS, log=None)
     nested = {}
     for i, o in enumerate(table.outcomes):
-        post = make_posterior(model=o.name, pulsars=2, correlation="curn", n_rn=N_RN, n_gw=N_GW)
+        post = comparison_posterior(o.name, SETTINGS)
         nested[o.name] = nested_sampling_evidence(
             post, n_live=N_LIVE, dlogz=DLOGZ, seed=10 + i, sample="rwalk"
         )

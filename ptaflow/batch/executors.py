@@ -86,33 +86,34 @@ def run_local(
     say = log or (lambda _msg: None)
     _, tasks = load_manifest(job.out_dir)
     if workers == 1:
-        for attempt in range(retries + 1):
-            todo = _pending(job.out_dir, tasks)
-            if not todo:
-                return
-            if attempt:
-                say(f"retrying {len(todo)} unfinished task(s), attempt {attempt + 1}")
+
+        def run_all(todo):
             for t in todo:
                 run_task(job.out_dir, t, log=say)
-        return
-    if workers == "gpus":
-        slots = [{"CUDA_VISIBLE_DEVICES": g} for g in visible_gpus()]
-        if not slots:
-            raise ParameterError(
-                "workers='gpus' but no GPU is visible (CUDA_VISIBLE_DEVICES is empty and "
-                "nvidia-smi lists none); use workers=N for CPU worker processes"
-            )
-    elif isinstance(workers, int) and workers > 1:
-        slots = [{} for _ in range(workers)]
+
     else:
-        raise ParameterError(f"workers={workers!r}: expected N >= 1 or 'gpus'")
+        if workers == "gpus":
+            slots = [{"CUDA_VISIBLE_DEVICES": g} for g in visible_gpus()]
+            if not slots:
+                raise ParameterError(
+                    "workers='gpus' but no GPU is visible (CUDA_VISIBLE_DEVICES is empty and "
+                    "nvidia-smi lists none); use workers=N for CPU worker processes"
+                )
+        elif isinstance(workers, int) and workers > 1:
+            slots = [{} for _ in range(workers)]
+        else:
+            raise ParameterError(f"workers={workers!r}: expected N >= 1 or 'gpus'")
+
+        def run_all(todo):
+            _run_processes(job.out_dir, todo, slots, say)
+
     for attempt in range(retries + 1):
         todo = _pending(job.out_dir, tasks)
         if not todo:
             return
         if attempt:
             say(f"retrying {len(todo)} unfinished task(s), attempt {attempt + 1}")
-        _run_processes(job.out_dir, todo, slots, say)
+        run_all(todo)
 
 
 def _run_processes(out_dir: str, todo: list[Task], slots: list[dict], say) -> None:

@@ -430,17 +430,7 @@ def _replicate_summary(comparisons: dict) -> list[dict]:
 
 
 def _plots(comparisons: dict, out: pathlib.Path) -> None:
-    from ..plots import plot_bayes_factors
+    from ..compare import plot_comparison_bayes_factors
 
     for group, table in comparisons.items():
-        ok = [r for r in table.rows() if math.isfinite(r["ln_B"])]
-        if not ok:
-            continue
-        plot_bayes_factors(
-            [r["model"] for r in ok],
-            [r["ln_B"] for r in ok],
-            [r["ln_B_err"] for r in ok],
-            reference=table.reference,
-            second=([r["ln_B_importance"] for r in ok], [r["ln_B_importance_err"] for r in ok]),
-            path=out / f"bayes_factors_{_slug(group)}.png",
-        )
+        plot_comparison_bayes_factors(table, out / f"bayes_factors_{_slug(group)}.png")
