@@ -42,8 +42,9 @@ import paramax
 from flowjax.bijections import Chain, RationalQuadraticSpline, TriangularAffine
 from flowjax.distributions import StandardNormal, Transformed
 from flowjax.flows import coupling_flow, masked_autoregressive_flow
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
+from .devices import AXIS, device_mesh
 from .errors import DataError, ParameterError
 from .results import write_bytes_atomic
 
@@ -137,8 +138,10 @@ class TrainConfig:
             exist is checked when training starts (a config may be written on another machine
             than the one that trains). On a 4-GPU node:
             ``fit_variational(key, posterior, n_dim, config=TrainConfig(devices=4))``, or
-            ``devices = "all"`` in a batch file's [train] table; to try it on a CPU, start
-            Python with ``XLA_FLAGS=--xla_force_host_platform_device_count=4``. Not part of the
+            ``devices = "all"`` in a batch file's [train] table. On a multi-core CPU, present
+            the cores as devices first (`ptaflow.devices.use_cpu_cores()`, or
+            JAX_NUM_CPU_DEVICES=n in the environment): XLA runs one computation on one core,
+            so this is how CPU training uses more than one core. Not part of the
             checkpoint settings: a run may resume on another number of devices.
     """
 
@@ -426,22 +429,10 @@ def _batch_sharding(config: TrainConfig) -> NamedSharding | None:
         ParameterError: when the machine has fewer devices than asked for, or "all" of them
             do not divide `num_samples`.
     """
-    if config.devices is None:
-        return None
-    local = jax.local_devices()
-    n = len(local) if config.devices == "all" else config.devices
-    if n > len(local):
-        raise ParameterError(
-            f"TrainConfig.devices={n}: this machine has {len(local)} "
-            f"{local[0].platform} device(s); ask for at most {len(local)}"
-        )
-    if config.num_samples % n:
-        raise ParameterError(
-            f"TrainConfig.devices='all' ({n} devices) does not divide "
-            f"num_samples={config.num_samples}; choose num_samples as a multiple of {n}"
-        )
-    mesh = Mesh(np.asarray(local[:n]), ("batch",))
-    return NamedSharding(mesh, PartitionSpec("batch"))
+    mesh = device_mesh(
+        config.devices, what="TrainConfig.devices", divides=("num_samples", config.num_samples)
+    )
+    return None if mesh is None else NamedSharding(mesh, PartitionSpec(AXIS))
 
 
 def _place(tree, sharding):

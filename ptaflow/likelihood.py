@@ -35,8 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
+from jax.sharding import PartitionSpec
 
 from .data.reduction import ReducedPTA
+from .devices import AXIS, device_mesh
 from .errors import DataError, ParameterError
 from .spectra import powerlaw_psd
 
@@ -106,14 +108,46 @@ def red_noise_names(psr_names: Sequence[str]) -> tuple[str, ...]:
     )
 
 
-def _batched(fn: Callable[[jax.Array], jax.Array], thetas: jax.Array, chunk_size: int | None):
-    """Evaluate fn on every row of thetas: vmap, or lax.map over vectorised chunks."""
+def _batched(
+    fn: Callable[[jax.Array], jax.Array],
+    thetas: jax.Array,
+    chunk_size: int | None,
+    devices: int | str | None = None,
+):
+    """Evaluate fn on every row of thetas: vmap, or lax.map over vectorised chunks; with
+    `devices`, the rows split into one block per device (see `ptaflow.devices`)."""
     thetas = jnp.asarray(thetas)
     if thetas.ndim != 2:
         raise ParameterError(f"thetas has shape {thetas.shape}; expected (n_samples, n_dim)")
-    if chunk_size is None or chunk_size >= thetas.shape[0]:
-        return jax.vmap(fn)(thetas)
-    return jax.lax.map(fn, thetas, batch_size=int(chunk_size))
+
+    def local(rows):
+        if chunk_size is None or chunk_size >= rows.shape[0]:
+            return jax.vmap(fn)(rows)
+        return jax.lax.map(fn, rows, batch_size=int(chunk_size))
+
+    mesh = device_mesh(devices, what="devices")
+    if mesh is None or mesh.size == 1:
+        return local(thetas)
+    n_rows, n_dev = thetas.shape[0], mesh.size
+    per_device = -(-n_rows // n_dev)
+    pad = per_device * n_dev - n_rows
+    if pad:  # equal blocks: repeat the first row, drop its values afterwards
+        thetas = jnp.concatenate([thetas, jnp.broadcast_to(thetas[:1], (pad, thetas.shape[1]))])
+
+    def block(all_rows):
+        # Replicated in and out (XLA cannot lay out unevenly split arrays such as the
+        # gradient of n_rows % n_dev != 0 rows): each device takes its block of rows and
+        # every device ends with all values.
+        start = jax.lax.axis_index(AXIS) * per_device
+        rows = jax.lax.dynamic_slice_in_dim(all_rows, start, per_device)
+        return jax.lax.all_gather(local(rows), AXIS, tiled=True)
+
+    # check_vma=False: every row is independent, and the batched CURN factorisation's
+    # never-taken NaN branches are built from constants, not from the per-device rows.
+    split = jax.shard_map(
+        block, mesh=mesh, in_specs=PartitionSpec(), out_specs=PartitionSpec(), check_vma=False
+    )
+    return split(thetas)[:n_rows]
 
 
 def _check_blas_threads() -> None:
@@ -387,15 +421,23 @@ class PTALikelihood(eqx.Module):
             return self._curn(phi_rn, phi_gw)
         return self._hd(phi_rn, phi_gw)
 
-    def batch(self, thetas: jax.Array, chunk_size: int | None = None) -> jax.Array:
+    def batch(
+        self,
+        thetas: jax.Array,
+        chunk_size: int | None = None,
+        devices: int | str | None = None,
+    ) -> jax.Array:
         """ln L at many parameter vectors, shape (n_samples, n_dim) -> (n_samples,).
 
         Args:
             thetas: parameter vectors, one per row.
             chunk_size: evaluate this many rows at a time (vectorised) to bound memory, e.g.
-                for HD with many pulsars; default all at once.
+                for HD with many pulsars; default all at once. With `devices`, per device.
+            devices: None (the default device), "all" or n: split the rows into one block per
+                local device (several GPUs, or CPU cores presented as devices, see
+                `ptaflow.devices`). The values do not depend on it.
         """
-        return _batched(self, thetas, chunk_size)
+        return _batched(self, thetas, chunk_size, devices)
 
     def _curn(self, phi_rn, phi_gw):
         phi = phi_rn.at[:, : self.n_gw].add(phi_gw[None, :])
@@ -579,9 +621,15 @@ class RefitLikelihood(eqx.Module):
         interp = jax.vmap(jnp.interp, in_axes=(0, None, 0))
         return jnp.sum(interp(log10_rho, d.log10_rho_grid, d.log_density[: self.n_freq]))
 
-    def batch(self, thetas: jax.Array, chunk_size: int | None = None) -> jax.Array:
-        """ln L at many parameter vectors, (n_samples, n_dim) -> (n_samples,)."""
-        return _batched(self, thetas, chunk_size)
+    def batch(
+        self,
+        thetas: jax.Array,
+        chunk_size: int | None = None,
+        devices: int | str | None = None,
+    ) -> jax.Array:
+        """ln L at many parameter vectors, (n_samples, n_dim) -> (n_samples,); `chunk_size` and
+        `devices` as in `PTALikelihood.batch`."""
+        return _batched(self, thetas, chunk_size, devices)
 
 
 def make_refit_likelihood(
