@@ -16,14 +16,16 @@ ptaflow compare ...`). Without that, a CPU is one device and `devices="all"` is 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec
 
 from .errors import ParameterError
 
-__all__ = ["use_cpu_cores", "device_mesh"]
+__all__ = ["use_cpu_cores", "device_mesh", "map_rows"]
 
 #: Name of the mesh axis along which batches are split.
 AXIS = "batch"
@@ -99,3 +101,57 @@ def device_mesh(
             f"an equal share: choose {name} as a multiple of {n}"
         )
     return Mesh(np.asarray(local[:n]), (AXIS,))
+
+
+def map_rows(
+    fn: Callable[[jax.Array], jax.Array],
+    thetas: jax.Array,
+    chunk_size: int | None,
+    devices: int | str | None = None,
+):
+    """fn (one parameter vector -> array or tuple of arrays) on every row of thetas.
+
+    Args:
+        fn: a JAX function of one row, e.g. a likelihood or `jax.value_and_grad` of one.
+        thetas: (n_rows, n_dim).
+        chunk_size: rows vectorised at once (`jax.lax.map` over chunks) to bound memory;
+            default all of them. With `devices`, per device.
+        devices: None, "all" or n (see `device_mesh`): split the rows into one equal block per
+            device (the last block padded with copies of the first row, whose values are
+            dropped). The values do not depend on it.
+
+    Returns:
+        fn's outputs stacked along a leading axis of length n_rows.
+    """
+    thetas = jnp.asarray(thetas)
+    if thetas.ndim != 2:
+        raise ParameterError(f"thetas has shape {thetas.shape}; expected (n_samples, n_dim)")
+
+    def local(rows):
+        if chunk_size is None or chunk_size >= rows.shape[0]:
+            return jax.vmap(fn)(rows)
+        return jax.lax.map(fn, rows, batch_size=int(chunk_size))
+
+    mesh = device_mesh(devices, what="devices")
+    if mesh is None or mesh.size == 1:
+        return local(thetas)
+    n_rows, n_dev = thetas.shape[0], mesh.size
+    per_device = -(-n_rows // n_dev)
+    pad = per_device * n_dev - n_rows
+    if pad:  # equal blocks: repeat the first row, drop its values afterwards
+        thetas = jnp.concatenate([thetas, jnp.broadcast_to(thetas[:1], (pad, thetas.shape[1]))])
+
+    def block(all_rows):
+        # Replicated in and out (XLA cannot lay out unevenly split arrays such as the
+        # gradient of n_rows % n_dev != 0 rows): each device takes its block of rows and
+        # every device ends with all values.
+        start = jax.lax.axis_index(AXIS) * per_device
+        rows = jax.lax.dynamic_slice_in_dim(all_rows, start, per_device)
+        return jax.lax.all_gather(local(rows), AXIS, tiled=True)
+
+    # check_vma=False: every row is independent, and the batched CURN factorisation's
+    # never-taken NaN branches are built from constants, not from the per-device rows.
+    split = jax.shard_map(
+        block, mesh=mesh, in_specs=PartitionSpec(), out_specs=PartitionSpec(), check_vma=False
+    )
+    return jax.tree.map(lambda out: out[:n_rows], split(thetas))

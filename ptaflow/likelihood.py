@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import pathlib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import equinox as eqx
@@ -35,10 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
-from jax.sharding import PartitionSpec
 
 from .data.reduction import ReducedPTA
-from .devices import AXIS, device_mesh
+from .devices import map_rows
 from .errors import DataError, ParameterError
 from .spectra import powerlaw_psd
 
@@ -106,48 +105,6 @@ def red_noise_names(psr_names: Sequence[str]) -> tuple[str, ...]:
     return tuple(
         name for p in psr_names for name in (f"{p}_red_noise_log10_A", f"{p}_red_noise_gamma")
     )
-
-
-def _batched(
-    fn: Callable[[jax.Array], jax.Array],
-    thetas: jax.Array,
-    chunk_size: int | None,
-    devices: int | str | None = None,
-):
-    """Evaluate fn on every row of thetas: vmap, or lax.map over vectorised chunks; with
-    `devices`, the rows split into one block per device (see `ptaflow.devices`)."""
-    thetas = jnp.asarray(thetas)
-    if thetas.ndim != 2:
-        raise ParameterError(f"thetas has shape {thetas.shape}; expected (n_samples, n_dim)")
-
-    def local(rows):
-        if chunk_size is None or chunk_size >= rows.shape[0]:
-            return jax.vmap(fn)(rows)
-        return jax.lax.map(fn, rows, batch_size=int(chunk_size))
-
-    mesh = device_mesh(devices, what="devices")
-    if mesh is None or mesh.size == 1:
-        return local(thetas)
-    n_rows, n_dev = thetas.shape[0], mesh.size
-    per_device = -(-n_rows // n_dev)
-    pad = per_device * n_dev - n_rows
-    if pad:  # equal blocks: repeat the first row, drop its values afterwards
-        thetas = jnp.concatenate([thetas, jnp.broadcast_to(thetas[:1], (pad, thetas.shape[1]))])
-
-    def block(all_rows):
-        # Replicated in and out (XLA cannot lay out unevenly split arrays such as the
-        # gradient of n_rows % n_dev != 0 rows): each device takes its block of rows and
-        # every device ends with all values.
-        start = jax.lax.axis_index(AXIS) * per_device
-        rows = jax.lax.dynamic_slice_in_dim(all_rows, start, per_device)
-        return jax.lax.all_gather(local(rows), AXIS, tiled=True)
-
-    # check_vma=False: every row is independent, and the batched CURN factorisation's
-    # never-taken NaN branches are built from constants, not from the per-device rows.
-    split = jax.shard_map(
-        block, mesh=mesh, in_specs=PartitionSpec(), out_specs=PartitionSpec(), check_vma=False
-    )
-    return split(thetas)[:n_rows]
 
 
 def _check_blas_threads() -> None:
@@ -437,7 +394,7 @@ class PTALikelihood(eqx.Module):
                 local device (several GPUs, or CPU cores presented as devices, see
                 `ptaflow.devices`). The values do not depend on it.
         """
-        return _batched(self, thetas, chunk_size, devices)
+        return map_rows(self, thetas, chunk_size, devices)
 
     def _curn(self, phi_rn, phi_gw):
         phi = phi_rn.at[:, : self.n_gw].add(phi_gw[None, :])
@@ -629,7 +586,7 @@ class RefitLikelihood(eqx.Module):
     ) -> jax.Array:
         """ln L at many parameter vectors, (n_samples, n_dim) -> (n_samples,); `chunk_size` and
         `devices` as in `PTALikelihood.batch`."""
-        return _batched(self, thetas, chunk_size, devices)
+        return map_rows(self, thetas, chunk_size, devices)
 
 
 def make_refit_likelihood(

@@ -24,13 +24,13 @@ from collections.abc import Sequence
 import equinox as eqx
 
 from .data.reduction import ReducedPTA, load_reduced
+from .devices import map_rows
 from .errors import ParameterError
 from .likelihood import (
     CommonProcess,
     FreeSpectrumDensities,
     PTALikelihood,
     RefitLikelihood,
-    _batched,
     make_likelihood,
     make_refit_likelihood,
 )
@@ -124,9 +124,10 @@ class Posterior(eqx.Module):
         log_like, log_rest = self.log_prob_parts(z)
         return log_like + log_rest
 
-    def log_prob_batch(self, zs, chunk_size: int | None = None):
-        """`log_prob` at many points, (n_samples, n_dim) -> (n_samples,)."""
-        return _batched(self.log_prob, zs, chunk_size)
+    def log_prob_batch(self, zs, chunk_size: int | None = None, devices: int | str | None = None):
+        """`log_prob` at many points, (n_samples, n_dim) -> (n_samples,); `chunk_size` and
+        `devices` as in `ptaflow.devices.map_rows`."""
+        return map_rows(self.log_prob, zs, chunk_size, devices)
 
     def sample_prior(self, key, n: int):
         """n draws of theta from the prior, (n, n_dim)."""
