@@ -83,6 +83,13 @@ def _parse(argv):
         choices=("value", "value_and_grad"),
         default=["value", "value_and_grad"],
     )
+    p.add_argument(
+        "--devices",
+        nargs="+",
+        default=["1"],
+        help="split each batched case over this many devices, one row per value: integers or "
+        "'all' (every GPU; on a CPU every core, presented to JAX as CPU devices)",
+    )
     p.add_argument("--no-enterprise", action="store_true", help="skip the enterprise baseline")
     p.add_argument("--data", type=pathlib.Path, default=REPO / "data" / "ng15_48psr_reduced_k30.h5")
     p.add_argument(
@@ -132,6 +139,10 @@ def _parse(argv):
     if min(args.batches) < 1 or min(args.n_psr) < 1:
         p.error("--batches and --n-psr must be positive")
     args.batches = sorted(set(args.batches))  # ascending: each case's timing sizes the next
+    for d in args.devices:
+        if d != "all" and not (d.isdigit() and int(d) >= 1):
+            p.error(f"--devices {d}: expected a positive integer or 'all'")
+    args.devices = [d if d == "all" else int(d) for d in dict.fromkeys(args.devices)]
     return args
 
 
@@ -143,8 +154,9 @@ def _prior_draws(names, n, rng) -> np.ndarray:
     return lo + (hi - lo) * rng.random((n, len(names)))
 
 
-def _case_name(correlation, n_psr, batch, mode):
-    return f"{correlation}-{n_psr}psr-b{batch}-{mode}"
+def _case_name(correlation, n_psr, batch, mode, devices=1):
+    name = f"{correlation}-{n_psr}psr-b{batch}-{mode}"
+    return name if devices == 1 else f"{name}-d{devices}"
 
 
 # ----------------------------------------------------------- enterprise baseline (child process)
@@ -297,20 +309,19 @@ def _chunk_size(like, mode, batch, memory_bytes, fixed) -> int:
     return min(batch, 2 ** max(0, int(math.floor(math.log2(max(memory_bytes / per_eval, 1))))))
 
 
-def _functions(jax, mode):
+def _functions(jax, mode, devices):
     """(single, batched) functions of (like, thetas) for one mode; chunk is a Python int."""
     import functools
+
+    from ptaflow.devices import map_rows
 
     def single(like, theta):
         return like(theta) if mode == "value" else jax.value_and_grad(like)(theta)
 
     def batched(like, thetas, chunk):
         if mode == "value":
-            return like.batch(thetas, chunk_size=chunk)
-        vg = jax.value_and_grad(like)
-        if chunk >= thetas.shape[0]:
-            return jax.vmap(vg)(thetas)
-        return jax.lax.map(vg, thetas, batch_size=chunk)
+            return like.batch(thetas, chunk_size=chunk, devices=devices)
+        return map_rows(jax.value_and_grad(like), thetas, chunk, devices)
 
     return single, lambda chunk: functools.partial(batched, chunk=chunk)
 
@@ -329,16 +340,18 @@ def _run_case(jax, cfg, like, case, estimates, checks) -> None:
     """Time one case, reporting progress as events (see _Watch for their use)."""
     t_case = time.perf_counter()
     corr, n_psr, batch, mode = case["correlation"], case["n_psr"], case["batch"], case["mode"]
-    name = _case_name(corr, n_psr, batch, mode)
-    key = f"{corr}-{n_psr}-{mode}"
+    devices = case.get("devices", 1)
+    name = _case_name(**case)
+    key = f"{corr}-{n_psr}-{mode}-{devices}"
     budget = cfg["max_case_seconds"]
     rng = np.random.default_rng([cfg["seed"], zlib.crc32(name.encode())])
-    single, batched = _functions(jax, mode)
+    n_devices = len(jax.local_devices()) if devices == "all" else devices
+    single, batched = _functions(jax, mode, None if devices == 1 else devices)
     chunk = _chunk_size(like, mode, batch, cfg["memory_bytes"], cfg["chunk_size"])
     _emit(ev="begin", case=name, expect_s=None)
     note = None
     if batch > 1 and key not in estimates:  # size the case from a small timed probe
-        n_probe = min(batch, chunk, 8)
+        n_probe = min(batch, chunk, 8 * n_devices)
         x = jax.device_put(_prior_draws(like.param_names, n_probe, rng))
         probe, _ = _compile(jax, batched(n_probe), like, x)
         _emit(ev="probe", case=name, expect_s=budget)
@@ -376,6 +389,7 @@ def _run_case(jax, cfg, like, case, estimates, checks) -> None:
         compile_s=compile_s,
         compiled_temp_mb=temp_mb,
         chunk_size=None if batch == 1 else chunk,
+        n_devices=n_devices,
         batch_timed=n_run,
         note=note,
         expect_s=budget if est is None else est * n_run,
@@ -415,6 +429,10 @@ def _run_case(jax, cfg, like, case, estimates, checks) -> None:
 def _worker(spec_path) -> int:
     spec = json.loads(pathlib.Path(spec_path).read_text())
     cfg = spec["config"]
+    if any(case.get("devices", 1) != 1 for case in spec["cases"]):
+        # XLA runs a computation on one CPU core: present the cores as CPU devices (on a GPU
+        # machine this adds CPU devices and changes nothing else).
+        os.environ.setdefault("JAX_NUM_CPU_DEVICES", str(len(os.sched_getaffinity(0))))
     import jax
 
     import ptaflow  # before any computation loads SciPy: its process settings apply, as for users
@@ -552,9 +570,8 @@ class _Watch:
                 self.checks.setdefault((case["correlation"], case["n_psr"]), {})[key] = state[key]
         row = self._row(case, state, skipped, note)
         if row["evals_per_s"]:
-            self.estimates[f"{case['correlation']}-{case['n_psr']}-{case['mode']}"] = (
-                1.0 / row["evals_per_s"]
-            )
+            key = f"{case['correlation']}-{case['n_psr']}-{case['mode']}-{case.get('devices', 1)}"
+            self.estimates[key] = 1.0 / row["evals_per_s"]
         print(json.dumps(row), flush=True)
 
     def _row(self, case, state, skipped, note):
@@ -576,11 +593,12 @@ class _Watch:
         check = self.checks.get((corr, n_psr), {})
         notes = [n for n in (state.get("note"), note) if n]
         row = {
-            "case": _case_name(corr, n_psr, batch, mode),
+            "case": _case_name(**case),
             "correlation": corr,
             "n_psr": n_psr,
             "batch": batch,
             "mode": mode,
+            "devices": state.get("n_devices", case.get("devices", 1)),
             "evals_per_s": rate,
             "enterprise_evals_per_s": ent,
             "ratio": ratio,
@@ -635,10 +653,11 @@ def main(argv=None) -> int:
     }
     groups = [(c, n) for c in args.correlations for n in args.n_psr]
     cases = [
-        {"correlation": c, "n_psr": n, "batch": b, "mode": m}
+        {"correlation": c, "n_psr": n, "batch": b, "mode": m, "devices": d}
         for c, n in groups
         for m in args.modes
         for b in args.batches
+        for d in (args.devices if b > 1 else [1])
     ]
     with tempfile.TemporaryDirectory(prefix="ptaflow-bench-") as tmp:
         tmpdir = pathlib.Path(tmp)

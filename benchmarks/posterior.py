@@ -4,22 +4,31 @@ For each correlation (CURN, HD), on the N best NG15 pulsars by ptaflow's ranking
 shipped reduced cache, with a power-law common process (2 N + 2 parameters):
 
 1. time from the data cache to a converged flow with weighted samples (compilation included);
-2. a long NUTS run (dense mass, several chains) on the same z-space target;
-3. the largest 1-D Hellinger distance H (not H^2) between the importance-weighted flow
-   posterior and NUTS, with the noise floor for those sample sizes, and the Pareto khat;
+2. a long MCMC reference on the same z-space target: plain NUTS (dense mass, several chains),
+   or with --reference neutra NUTS in the latent space of an independently trained flow given
+   by --neutra-flow (e.g. the CURN flow for the HD posterior: an exact sampler whatever the
+   flow, and one that needs far fewer likelihood gradients than plain NUTS on a CPU);
+3. the largest 1-D Hellinger distance H (not H^2) between the flow posterior and the
+   reference, for the flow's own samples ("raw") and for the importance-weighted ones, with
+   the noise floor for those sample sizes, the 2-D H of the SGWB pair, and the Pareto khat;
 4. time to the same effective sample size: flow (training + sampling), NUTS (from its ESS)
    and, with --ptmcmc, enterprise + PTMCMCSampler on the same pulsars from ../shared/data.
 
 Prints one JSON object per case; writes results (HDF5) and corner / spectrum PNGs to
---out-dir. Example:
+--out-dir. `--devices all` trains on, and runs the NUTS chains over, every GPU, or every core
+of a CPU (presented to JAX as CPU devices; XLA runs one computation on one core). Examples:
 
     .venv/bin/python benchmarks/posterior.py --corr curn hd --ptmcmc
+    .venv/bin/python benchmarks/posterior.py --corr curn --devices all
+    .venv/bin/python benchmarks/posterior.py --corr hd --devices all --reference neutra \
+        --neutra-flow benchmarks/out/flow_curn.h5
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 import time
@@ -43,6 +52,27 @@ def _parse(argv):
     p.add_argument("--nuts-samples", type=int, default=3000, help="per chain")
     p.add_argument("--nuts-chains", type=int, default=4)
     p.add_argument("--no-nuts", action="store_true", help="flow timing only")
+    p.add_argument(
+        "--reference",
+        choices=["nuts", "neutra"],
+        default="nuts",
+        help="MCMC reference: plain NUTS, or NeuTra with the flow of --neutra-flow",
+    )
+    p.add_argument(
+        "--neutra-flow",
+        type=pathlib.Path,
+        help="a flow result (HDF5 written by this script or ptaflow) that preconditions NeuTra",
+    )
+    p.add_argument(
+        "--reference-from",
+        type=pathlib.Path,
+        help="reuse a reference result (HDF5 written by this script) instead of sampling",
+    )
+    p.add_argument(
+        "--devices",
+        default="1",
+        help="'all' or n: devices for flow training and NUTS chains (CPU: cores)",
+    )
     p.add_argument("--bins", type=int, default=30, help="histogram bins for Hellinger")
     p.add_argument("--ptmcmc", action="store_true", help="also time enterprise + PTMCMC")
     p.add_argument("--ptmcmc-iterations", type=int, default=20000)
@@ -53,7 +83,14 @@ def _parse(argv):
         help="NG15 Feather pulsars and noise_dict_15yr.json (for --ptmcmc)",
     )
     p.add_argument("--out-dir", type=pathlib.Path, default=REPO / "benchmarks" / "out")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.devices != "all" and not (args.devices.isdigit() and int(args.devices) >= 1):
+        p.error(f"--devices {args.devices}: expected 'all' or a positive integer")
+    if args.reference == "neutra" and args.neutra_flow is None and args.reference_from is None:
+        p.error("--reference neutra needs --neutra-flow (or --reference-from)")
+    if len(args.corr) > 1 and (args.reference_from or args.neutra_flow):
+        p.error("--reference-from and --neutra-flow apply to one --corr at a time")
+    return args
 
 
 def _ptmcmc(args, post, tspan, correlation, out_dir):
@@ -90,18 +127,84 @@ def _ptmcmc(args, post, tspan, correlation, out_dir):
     }
 
 
-def _case(args, correlation) -> dict:
+def _reference(args, post, correlation, out_dir, devices):
+    """(reference result, its min ESS, wall seconds, extra row fields)."""
     import jax
     import numpy as np
 
+    from ptaflow.flows import FlowConfig, flow_from_bytes
+    from ptaflow.inference import mcmc_result, nuts_baseline
+    from ptaflow.results import load_posterior, save_posterior
+    from ptaflow.sampling import run_neutra
+
+    if args.reference_from is not None:
+        ref = load_posterior(args.reference_from)
+        if tuple(ref.param_names) != tuple(post.param_names):
+            raise SystemExit(f"{args.reference_from}: other parameters than this posterior")
+        d = ref.diagnostics
+        extra = {
+            "reference_file": str(args.reference_from),
+            "reference_method": ref.settings.get("method"),
+        }
+        return ref, float(d["ess_min"]), float(d["wall_time_s"]), extra
+    chain_method = "parallel" if devices != 1 else "vectorized"
+    if args.reference == "nuts":
+        chains = nuts_baseline(
+            post,
+            num_chains=args.nuts_chains,
+            num_warmup=args.nuts_warmup,
+            num_samples=args.nuts_samples,
+            chain_method=chain_method,
+        )
+        extra = {"reference_method": "nuts"}
+    else:
+        pre = load_posterior(args.neutra_flow)
+        if tuple(pre.param_names) != tuple(post.param_names) or pre.flow_bytes is None:
+            raise SystemExit(f"{args.neutra_flow}: no flow over this posterior's parameters")
+        cfg = {k: v for k, v in pre.flow_config.items() if k != "n_dim"}
+        flow = flow_from_bytes(pre.flow_bytes, post.n_dim, FlowConfig(**cfg))
+        chains = run_neutra(
+            jax.random.key(args.seed + 7),
+            post.log_prob,
+            flow,
+            num_chains=args.nuts_chains,
+            num_warmup=args.nuts_warmup,
+            num_samples=args.nuts_samples,
+            chain_method=chain_method,
+        )
+        extra = {
+            "reference_method": "neutra",
+            "neutra_flow": str(args.neutra_flow),
+            "neutra_flow_target": pre.settings.get("correlation"),
+        }
+    ref = mcmc_result(post, chains)
+    save_posterior(ref, out_dir / f"{args.reference}_{correlation}.h5")
+    extra.update(
+        {
+            "reference_rhat_max": round(float(np.max(chains.rhat)), 4),
+            "reference_divergent": int(chains.n_divergent),
+            "reference_chains": args.nuts_chains,
+            "reference_samples_per_chain": args.nuts_samples,
+            "reference_steps_per_draw": round(chains.steps_per_sample, 1),
+            "reference_steps_per_ess": round(chains.num_steps / float(np.min(chains.ess)), 1),
+        }
+    )
+    return ref, float(np.min(chains.ess)), chains.wall_time_s, extra
+
+
+def _case(args, correlation) -> dict:
+    import jax
+
     jax.config.update("jax_enable_x64", True)
-    from ptaflow.diagnostics import hellinger_noise_floor
+    from ptaflow.diagnostics import hellinger_2d, hellinger_noise_floor, max_hellinger
     from ptaflow.flows import TrainConfig
-    from ptaflow.inference import fit_posterior, hellinger_table, mcmc_result, nuts_baseline
+    from ptaflow.inference import fit_posterior
     from ptaflow.plots import plot_corner, plot_spectrum, spectrum_draws
     from ptaflow.posterior import make_posterior
     from ptaflow.results import save_posterior
 
+    devices = args.devices if args.devices == "all" else int(args.devices)
+    n_devices = len(jax.local_devices()) if devices == "all" else devices
     out_dir = args.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -110,6 +213,7 @@ def _case(args, correlation) -> dict:
     cfg = TrainConfig(
         max_steps=args.steps,
         num_samples=args.batch,
+        devices=None if devices == 1 else devices,
         **{k: v for k, v in extra.items() if v is not None},
     )
     fit = fit_posterior(
@@ -126,10 +230,12 @@ def _case(args, correlation) -> dict:
         "case": f"posterior_{correlation}_{args.pulsars}psr",
         "device": jax.devices()[0].device_kind,
         "backend": jax.default_backend(),
+        "devices": n_devices,
         "n_dim": post.n_dim,
         "flow_wall_s": round(t_flow, 2),
         "flow_train_steps": fit.info.steps,
         "flow_converged": fit.info.converged,
+        "flow_samples": args.flow_samples,
         "flow_ess": round(fit.ess, 1),
         "flow_ess_fraction": round(fit.ess / args.flow_samples, 4),
         "khat": round(fit.khat, 3),
@@ -149,38 +255,43 @@ def _case(args, correlation) -> dict:
         path=out_dir / f"spectrum_{correlation}.png",
     )
     if not args.no_nuts:
-        nuts = nuts_baseline(
-            post,
-            num_chains=args.nuts_chains,
-            num_warmup=args.nuts_warmup,
-            num_samples=args.nuts_samples,
-        )
-        ref = mcmc_result(post, nuts)
-        save_posterior(ref, out_dir / f"nuts_{correlation}.h5")
-        h = hellinger_table(result, ref, bins=args.bins)
-        worst = max(h, key=h.get)
-        nuts_ess = float(np.min(nuts.ess))
-        row.update(
-            {
-                "nuts_wall_s": round(nuts.wall_time_s, 2),
-                "nuts_ess_min": round(nuts_ess, 1),
-                "nuts_rhat_max": round(float(np.max(nuts.rhat)), 4),
-                "nuts_divergent": int(nuts.n_divergent),
+        ref, ref_ess, ref_wall, ref_extra = _reference(args, post, correlation, out_dir, devices)
+        names, common = post.param_names, post.common_names
+        table = {}
+        for kind, w in (("raw", None), ("weighted", result.weights)):
+            h = max_hellinger(result.samples, ref.samples, names, weights_a=w, bins=args.bins)
+            worst = max(h, key=h.get)
+            n_flow = args.flow_samples if w is None else fit.ess
+            idx = [names.index(c) for c in common]
+            h2 = hellinger_2d(
+                result.samples[:, idx], ref.samples[:, idx], weights_x=w, bins=args.bins
+            )
+            table[kind] = {
                 "hellinger_max": round(h[worst], 4),
                 "hellinger_worst_param": worst,
-                "hellinger_common": {k: round(h[k], 4) for k in post.common_names},
+                "hellinger_common": {k: round(h[k], 4) for k in common},
+                "hellinger_2d_common": round(h2, 4),
                 "hellinger_noise_floor_99": round(
-                    hellinger_noise_floor(fit.ess, nuts_ess, n_bins=args.bins), 4
+                    hellinger_noise_floor(n_flow, ref_ess, n_bins=args.bins), 4
                 ),
+                "all": {k: round(v, 4) for k, v in h.items()},
+            }
+        row.update(
+            {
+                **ref_extra,
+                "reference_wall_s": round(ref_wall, 2),
+                "reference_ess_min": round(ref_ess, 1),
+                "hellinger_raw": table["raw"],
+                "hellinger_weighted": table["weighted"],
                 "bins": args.bins,
                 "flow_s_per_1000_ess": round(1000 * t_flow / fit.ess, 2),
-                "nuts_s_per_1000_ess": round(1000 * nuts.wall_time_s / nuts_ess, 2),
+                "reference_s_per_1000_ess": round(1000 * ref_wall / ref_ess, 2),
             }
         )
         plot_corner(
             [result.samples[:, -6:], ref.samples[:, -6:]],
             param_names=post.param_names[-6:],
-            labels=["flow (weighted)", "NUTS"],
+            labels=["flow (weighted)", row["reference_method"]],
             weights=[result.weights, None],
             path=out_dir / f"corner_{correlation}.png",
         )
@@ -193,6 +304,10 @@ def _case(args, correlation) -> dict:
 
 def main(argv=None) -> int:
     args = _parse(argv)
+    if args.devices != "1":
+        # XLA runs one computation on one CPU core: present the cores as CPU devices (before
+        # JAX starts; on a GPU machine this only adds CPU devices).
+        os.environ.setdefault("JAX_NUM_CPU_DEVICES", str(len(os.sched_getaffinity(0))))
     for corr in args.corr:
         print(json.dumps(_case(args, corr)), flush=True)
     return 0

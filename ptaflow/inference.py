@@ -295,9 +295,11 @@ def neutra_samples(
     num_chains: int = 4,
     num_warmup: int = 500,
     num_samples: int = 1000,
+    chain_method: str = "vectorized",
     progress: bool = False,
 ) -> McmcResult:
-    """Exact posterior samples by NUTS in the trained flow's latent space (samples in z)."""
+    """Exact posterior samples by NUTS in the trained flow's latent space (samples in z);
+    `chain_method` as in `ptaflow.sampling.run_nuts` ("parallel": over the local devices)."""
     return run_neutra(
         jax.random.key(seed),
         fit.posterior.log_prob,
@@ -305,6 +307,7 @@ def neutra_samples(
         num_chains=num_chains,
         num_warmup=num_warmup,
         num_samples=num_samples,
+        chain_method=chain_method,
         progress_bar=progress,
     )
 
@@ -317,11 +320,13 @@ def nuts_baseline(
     num_warmup: int = 1000,
     num_samples: int = 2000,
     init=None,
+    chain_method: str = "vectorized",
     progress: bool = False,
 ) -> McmcResult:
     """Plain NUTS (dense mass matrix) on the same z-space target: the MCMC reference.
 
     Chains start from independent prior draws (or `init`, (num_chains, n_dim) in z).
+    `chain_method` as in `ptaflow.sampling.run_nuts` ("parallel": over the local devices).
     """
     key_init, key_run = jax.random.split(jax.random.key(seed))
     if init is None:
@@ -333,6 +338,7 @@ def nuts_baseline(
         num_chains=num_chains,
         num_warmup=num_warmup,
         num_samples=num_samples,
+        chain_method=chain_method,
         progress_bar=progress,
     )
 

@@ -38,15 +38,17 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 from numpyro.infer.hmc import hmc
 from scipy import special, stats
 
+from .devices import AXIS, device_mesh
 from .errors import ParameterError
 
 __all__ = ["McmcResult", "run_nuts", "run_neutra", "importance_resample"]
 
-_CHAIN_METHODS = ("vectorized", "sequential")
+_CHAIN_METHODS = ("vectorized", "sequential", "parallel")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -219,7 +221,20 @@ def _run_chains_impl(log_density, keys, init, opts: _Options):
     if opts.chain_method == "vectorized":
         draws = scan_chains(jax.vmap(sample_kernel), jax.vmap(init_one)(init, keys))
         return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), draws)
-    return jax.lax.map(lambda a: scan_chains(sample_kernel, init_one(*a)), (init, keys))
+
+    def one_by_one(init, keys):
+        return jax.lax.map(lambda a: scan_chains(sample_kernel, init_one(*a)), (init, keys))
+
+    if opts.chain_method == "sequential":
+        return one_by_one(init, keys)
+    # "parallel": the chains in equal shares over the most devices that divide their number,
+    # one after another on each device (each chain takes only the tree depth it needs).
+    n_dev = max(d for d in range(1, len(jax.local_devices()) + 1) if opts.num_chains % d == 0)
+    mesh = device_mesh(n_dev, what="devices")
+    spec = PartitionSpec(AXIS)
+    # check_vma=False: chains are independent; numpyro's kernels build constants per device.
+    split = jax.shard_map(one_by_one, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)
+    return split(init, keys)
 
 
 _run_chains = eqx.filter_jit(_run_chains_impl)
@@ -256,7 +271,9 @@ def _make_options(
     if chain_method not in _CHAIN_METHODS:
         raise ParameterError(
             f"chain_method must be one of {_CHAIN_METHODS}; got {chain_method!r}. On one device "
-            "'vectorized' runs all chains at once; 'sequential' runs them one after another."
+            "'vectorized' runs all chains at once; 'sequential' runs them one after another; "
+            "'parallel' spreads them over the local devices (GPUs, or CPU cores presented as "
+            "devices, see ptaflow.devices)."
         )
     return _Options(
         num_chains=_check_int("num_chains", num_chains, 1),
@@ -330,7 +347,7 @@ def _sample(key, log_density, init, opts: _Options):
 
         _Progress.bar = tqdm(
             total=(opts.num_warmup + opts.num_samples)
-            * (opts.num_chains if opts.chain_method == "sequential" else 1),
+            * (opts.num_chains if opts.chain_method != "vectorized" else 1),
             desc="NUTS",
         )
     try:
@@ -399,7 +416,9 @@ def run_nuts(
         target_accept: Target mean acceptance statistic of step-size adaptation, in (0, 1).
         dense_mass: Adapt a dense (True) or diagonal (False) mass matrix.
         max_tree_depth: Largest NUTS tree depth (at most 2^depth - 1 leapfrog steps/draw).
-        chain_method: "vectorized" (all chains in one vmapped program) or "sequential".
+        chain_method: "vectorized" (all chains in one vmapped program: every transition
+            costs the deepest tree of any chain), "sequential", or "parallel" (over the local
+            devices, sequential on each; see `ptaflow.devices` for CPU cores).
         init_jitter: Standard deviation of the jitter added to a single `init` (units of z).
         progress_bar: Show a tqdm progress bar.
 
