@@ -273,3 +273,29 @@ def test_more_devices_than_this_machine_has_raises_before_training():
     config = TrainConfig(num_samples=8 * n, devices=n)
     with pytest.raises(ParameterError, match=rf"devices={n}: this machine has {n - 1} "):
         fit_variational(jax.random.key(0), lambda z: -0.5 * z @ z, 2, config=config)
+
+
+def test_use_cpu_cores_after_jax_started_says_how_to_set_it():
+    from ptaflow.devices import use_cpu_cores
+
+    jax.devices()  # the backend is running
+    n = len(jax.devices("cpu")) + 1
+    with pytest.raises(ParameterError, match=rf"JAX_NUM_CPU_DEVICES={n} in the environment"):
+        use_cpu_cores(n)
+    for bad in (0, True, 2.0):
+        with pytest.raises(ParameterError, match="expected a positive integer"):
+            use_cpu_cores(bad)
+
+
+def test_batches_over_missing_devices_are_refused_with_the_way_to_get_them():
+    from ptaflow.likelihood import make_refit_likelihood
+
+    like = make_refit_likelihood()
+    thetas = np.tile([-15.0, 4.0], (6, 1))
+    n = len(jax.local_devices()) + 1
+    with pytest.raises(ParameterError, match=rf"devices={n}: this machine has {n - 1} cpu"):
+        like.batch(thetas, devices=n)
+    with pytest.raises(ParameterError, match="devices=0: expected None, 'all' or a positive"):
+        like.batch(thetas, devices=0)
+    # One device: the plain path, the same values as without the option.
+    np.testing.assert_array_equal(like.batch(thetas, devices="all"), like.batch(thetas))
