@@ -332,7 +332,29 @@ def _curn_terms_jvp(primals, tangents):
     return jax.jvp(lapack, [primals[i] for i in live], [tangents[i] for i in live])
 
 
-class PTALikelihood(eqx.Module):
+class _RowBatched(eqx.Module):
+    """A likelihood of one parameter vector that also evaluates many (`batch`)."""
+
+    def batch(
+        self,
+        thetas: jax.Array,
+        chunk_size: int | None = None,
+        devices: int | str | None = None,
+    ) -> jax.Array:
+        """ln L at many parameter vectors, (n_samples, n_dim) -> (n_samples,).
+
+        Args:
+            thetas: parameter vectors, one per row.
+            chunk_size: evaluate this many rows at a time (vectorised) to bound memory, e.g.
+                for HD with many pulsars; default all at once. With `devices`, per device.
+            devices: None (the default device), "all" or n: split the rows into one block per
+                local device (several GPUs, or CPU cores presented as devices, see
+                `ptaflow.devices`). The values do not depend on it.
+        """
+        return map_rows(self, thetas, chunk_size, devices)
+
+
+class PTALikelihood(_RowBatched):
     """ln L(theta) of per-pulsar power-law red noise plus one common process (CURN or HD).
 
     Build with `make_likelihood`. Call as `like(theta)` (scalar) or `like.batch(thetas)`.
@@ -377,24 +399,6 @@ class PTALikelihood(eqx.Module):
         if self.orf is None:
             return self._curn(phi_rn, phi_gw)
         return self._hd(phi_rn, phi_gw)
-
-    def batch(
-        self,
-        thetas: jax.Array,
-        chunk_size: int | None = None,
-        devices: int | str | None = None,
-    ) -> jax.Array:
-        """ln L at many parameter vectors, shape (n_samples, n_dim) -> (n_samples,).
-
-        Args:
-            thetas: parameter vectors, one per row.
-            chunk_size: evaluate this many rows at a time (vectorised) to bound memory, e.g.
-                for HD with many pulsars; default all at once. With `devices`, per device.
-            devices: None (the default device), "all" or n: split the rows into one block per
-                local device (several GPUs, or CPU cores presented as devices, see
-                `ptaflow.devices`). The values do not depend on it.
-        """
-        return map_rows(self, thetas, chunk_size, devices)
 
     def _curn(self, phi_rn, phi_gw):
         phi = phi_rn.at[:, : self.n_gw].add(phi_gw[None, :])
@@ -552,7 +556,7 @@ def load_free_spectrum_densities(
     )
 
 
-class RefitLikelihood(eqx.Module):
+class RefitLikelihood(_RowBatched):
     """Free-spectrum 'refit' likelihood: ln L = sum_k ln p_k(0.5 log10(S(f_k; theta)/T)).
 
     p_k is linearly interpolated on the grid; values of log10 rho outside the grid take the
@@ -577,16 +581,6 @@ class RefitLikelihood(eqx.Module):
         log10_rho = 0.5 * jnp.log10(self.common.psd(f, theta) / d.tspan)
         interp = jax.vmap(jnp.interp, in_axes=(0, None, 0))
         return jnp.sum(interp(log10_rho, d.log10_rho_grid, d.log_density[: self.n_freq]))
-
-    def batch(
-        self,
-        thetas: jax.Array,
-        chunk_size: int | None = None,
-        devices: int | str | None = None,
-    ) -> jax.Array:
-        """ln L at many parameter vectors, (n_samples, n_dim) -> (n_samples,); `chunk_size` and
-        `devices` as in `PTALikelihood.batch`."""
-        return map_rows(self, thetas, chunk_size, devices)
 
 
 def make_refit_likelihood(
