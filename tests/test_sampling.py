@@ -293,7 +293,7 @@ def test_importance_resample_errors(log_w, n, match):
         (np.zeros((3, 2)), {}, r"init must have shape .* \(4, n_dim\); got \(3, 2\)"),
         (np.zeros((4, 2, 1)), {}, r"init must have shape .*; got \(4, 2, 1\)"),
         (np.array([0.0, np.nan]), {}, r"init must be finite"),
-        (np.zeros(2), {"chain_method": "parallel"}, r"chain_method must be one of .*'parallel'"),
+        (np.zeros(2), {"chain_method": "pmap"}, r"chain_method must be one of .*'pmap'"),
         (np.zeros(2), {"num_samples": 3}, r"num_samples must be an integer >= 4; got 3"),
         (np.zeros(2), {"num_chains": 0}, r"num_chains must be an integer >= 1; got 0"),
         (np.zeros(2), {"target_accept": 1.0}, r"target_accept must lie in \(0, 1\); got 1.0"),
