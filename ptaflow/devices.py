@@ -25,7 +25,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from .errors import ParameterError
 
-__all__ = ["use_cpu_cores", "device_mesh", "map_rows"]
+__all__ = ["use_cpu_cores", "check_devices", "device_mesh", "map_rows"]
 
 #: Name of the mesh axis along which batches are split.
 AXIS = "batch"
@@ -60,6 +60,17 @@ def use_cpu_cores(n: int | None = None) -> int:
     return int(n)
 
 
+def check_devices(devices: int | str | None, *, what: str) -> None:
+    """Raise ParameterError unless `devices` is None, "all" or a positive integer (whether the
+    machine has that many is checked by `device_mesh`, where the work runs)."""
+    if devices is None or devices == "all":
+        return
+    if isinstance(devices, bool) or not isinstance(devices, (int, np.integer)) or devices < 1:
+        raise ParameterError(
+            f"{what}={devices!r}: expected None, 'all' or a positive integer number of devices"
+        )
+
+
 def device_mesh(
     devices: int | str | None, *, what: str, divides: tuple[str, int] | None = None
 ) -> Mesh | None:
@@ -74,14 +85,9 @@ def device_mesh(
         ParameterError: an invalid value, more devices than this process has, or an n that
             does not divide `divides`.
     """
+    check_devices(devices, what=what)
     if devices is None:
         return None
-    if devices != "all" and (
-        isinstance(devices, bool) or not isinstance(devices, (int, np.integer)) or devices < 1
-    ):
-        raise ParameterError(
-            f"{what}={devices!r}: expected None, 'all' or a positive integer number of devices"
-        )
     local = jax.local_devices()
     n = len(local) if devices == "all" else int(devices)
     if n > len(local):

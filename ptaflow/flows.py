@@ -44,7 +44,7 @@ from flowjax.distributions import StandardNormal, Transformed
 from flowjax.flows import coupling_flow, masked_autoregressive_flow
 from jax.sharding import NamedSharding, PartitionSpec
 
-from .devices import AXIS, device_mesh
+from .devices import AXIS, check_devices, device_mesh
 from .errors import DataError, ParameterError
 from .results import write_bytes_atomic
 
@@ -181,18 +181,13 @@ class TrainConfig:
         if self.laplace_starts < 1 or self.laplace_steps < 0:
             raise ParameterError("TrainConfig.laplace_starts must be >= 1, laplace_steps >= 0")
         n = self.devices
-        if n is not None and n != "all":
-            if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-                raise ParameterError(
-                    f"TrainConfig.devices={n!r}: expected None, 'all' or a positive integer "
-                    "number of devices"
-                )
-            if self.num_samples % n:
-                raise ParameterError(
-                    f"TrainConfig.devices={n} does not divide num_samples={self.num_samples}: "
-                    "each device draws the same share of the batch; choose num_samples as a "
-                    f"multiple of {n}"
-                )
+        check_devices(n, what="TrainConfig.devices")
+        if n not in (None, "all") and self.num_samples % n:
+            raise ParameterError(
+                f"TrainConfig.devices={n} does not divide num_samples={self.num_samples}: "
+                "each device draws the same share of the batch; choose num_samples as a "
+                f"multiple of {n}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
