@@ -47,6 +47,11 @@ def _parse(argv):
     p.add_argument("--batch", type=int, default=256, help="flow training: samples per step")
     p.add_argument("--patience", type=int, help="flow training: early-stopping patience")
     p.add_argument("--min-delta", type=float, help="flow training: improvement that counts [nat]")
+    p.add_argument(
+        "--refine-rounds",
+        type=int,
+        help="flow training: forward-KL refinement rounds (default TrainConfig's; 0: none)",
+    )
     p.add_argument("--flow-samples", type=int, default=50000)
     p.add_argument("--nuts-warmup", type=int, default=1000)
     p.add_argument("--nuts-samples", type=int, default=3000, help="per chain")
@@ -201,6 +206,9 @@ def _reference(args, post, correlation, out_dir, devices):
     return ref, float(np.min(chains.ess)), chains.wall_time_s, extra
 
 
+_REFINE_KEYS = ("refine_rounds", "refine_ess_fraction_last", "refine_khat_last")
+
+
 def _case(args, correlation) -> dict:
     import jax
     import numpy as np
@@ -226,9 +234,14 @@ def _case(args, correlation) -> dict:
         diag = result.diagnostics
         t_flow = float(diag["wall_time_s"])
         steps, converged = diag.get("train_steps"), diag.get("train_converged")
+        refine = {k: diag.get(f"train_{k}") for k in _REFINE_KEYS}
         n_flow, flow_ess, khat = int(diag["n_samples"]), float(diag["ess"]), float(diag["khat"])
     else:
-        extra = {"patience": args.patience, "min_delta": args.min_delta}
+        extra = {
+            "patience": args.patience,
+            "min_delta": args.min_delta,
+            "refine_rounds": args.refine_rounds,
+        }
         cfg = TrainConfig(
             max_steps=args.steps,
             num_samples=args.batch,
@@ -246,6 +259,7 @@ def _case(args, correlation) -> dict:
         result = fit.to_result(benchmark="posterior")
         save_posterior(result, out_dir / f"flow_{correlation}.h5")
         steps, converged = fit.info.steps, fit.info.converged
+        refine = {k: fit.info.to_dict()[k] for k in _REFINE_KEYS}
         n_flow, flow_ess, khat = args.flow_samples, fit.ess, fit.khat
     row = {
         "case": f"posterior_{correlation}_{args.pulsars}psr",
@@ -257,6 +271,7 @@ def _case(args, correlation) -> dict:
         "flow_wall_s": round(t_flow, 2),
         "flow_train_steps": steps,
         "flow_converged": converged,
+        **{f"flow_{k}": v for k, v in refine.items()},
         "flow_samples": n_flow,
         "flow_ess": round(flow_ess, 1),
         "flow_ess_fraction": round(flow_ess / n_flow, 4),

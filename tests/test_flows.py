@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from ptaflow.errors import DataError, ParameterError
 import ptaflow.flows as flows_module
+from ptaflow.errors import DataError, ParameterError
 from ptaflow.flows import (
     REFINE_TRACES,
     STEP_TRACES,
