@@ -206,7 +206,7 @@ def _reference(args, post, correlation, out_dir, devices):
     return ref, float(np.min(chains.ess)), chains.wall_time_s, extra
 
 
-_REFINE_KEYS = ("refine_rounds", "refine_ess_fraction_last", "refine_khat_last")
+_REFINE_KEYS = ("refine_rounds", "refine_ess_fraction_median", "refine_khat_median")
 
 
 def _case(args, correlation) -> dict:

@@ -255,15 +255,19 @@ class FitInfo:
     refine_khat: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
 
     def to_dict(self) -> dict:
-        """JSON-able summary (without the per-step arrays)."""
+        """JSON-able summary (without the per-step arrays).
 
-        def last(a):
-            return float(a[-1]) if len(a) else None
+        The refinement is summarised by the medians over its last ten rounds: one pool's ESS
+        fraction scatters widely (a single heavy weight can take it to a few per cent).
+        """
+
+        def late_median(a):
+            return float(np.median(a[-10:])) if len(a) else None
 
         return {
             "refine_rounds": len(self.refine_ess),
-            "refine_ess_fraction_last": last(self.refine_ess),
-            "refine_khat_last": last(self.refine_khat),
+            "refine_ess_fraction_median": late_median(self.refine_ess),
+            "refine_khat_median": late_median(self.refine_khat),
             "steps": self.steps,
             "converged": self.converged,
             "final_loss": self.final_loss,
