@@ -152,8 +152,9 @@ class TrainConfig:
         devices: accelerators of this machine to split each step's `num_samples` flow draws
             over (data parallelism): None (default) trains on the default device; an int n
             uses the first n of `jax.local_devices()`, "all" every one of them. n must divide
-            `num_samples`. The batch is drawn from the same key as on one device (the same
-            random numbers whatever n), each device transforms and evaluates num_samples / n
+            `num_samples` and `refine_batch`. The batch is drawn from the same key as on one
+            device (the same random numbers whatever n), each device transforms and evaluates
+            num_samples / n
             of the draws, the flow's parameters and optimiser state are replicated, and the
             batch means of the loss and its gradient become sums across devices, so the
             losses equal one device's up to floating-point summation order. Whether n devices
