@@ -68,6 +68,7 @@ __all__ = [
     "laplace_approximation",
     "fit_variational",
     "fit_to_samples",
+    "draw_with_log_q",
     "save_flow",
     "load_flow",
     "STEP_TRACES",
@@ -410,9 +411,11 @@ def _schedule(config: TrainConfig):
     )
 
 
-def _optimizer(config: TrainConfig):
+def _optimizer(config: TrainConfig, learning_rate=None):
+    """Clipped Adam that skips non-finite updates; the rate defaults to the training schedule."""
+    rate = _schedule(config) if learning_rate is None else learning_rate
     return optax.apply_if_finite(
-        optax.chain(optax.clip_by_global_norm(config.clip_norm), optax.adam(_schedule(config))),
+        optax.chain(optax.clip_by_global_norm(config.clip_norm), optax.adam(rate)),
         max_consecutive_errors=50,
     )
 
@@ -509,7 +512,8 @@ def _train_step(params, static, target, opt_state, key, beta, optimizer, num_sam
 
 
 @eqx.filter_jit
-def _draw_pool(flow, key, n):
+def draw_with_log_q(flow, key, n: int):
+    """n flow samples and their flow log-density (one compiled call per flow structure and n)."""
     return flow.sample_and_log_prob(key, (n,))
 
 
@@ -518,15 +522,6 @@ def _pool_log_p(target, z, devices):
     """ln p at the pool (values only), rows split over `devices`."""
     split = _split_target(target)
     return map_rows(lambda x: sum(split(x)), z, 1024, devices)
-
-
-def _refine_optimizer(config: TrainConfig):
-    return optax.apply_if_finite(
-        optax.chain(
-            optax.clip_by_global_norm(config.clip_norm), optax.adam(config.refine_learning_rate)
-        ),
-        max_consecutive_errors=50,
-    )
 
 
 @eqx.filter_jit
@@ -561,12 +556,18 @@ def _refine_step(params, static, opt_state, z, optimizer, mesh):
     return eqx.apply_updates(params, updates), opt_state, loss
 
 
+def _progress(total: int, initial: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, disable=None)
+
+
 def _refine_round(key, params, static, target, opt_state, optimizer, config, mesh):
     """One round of forward-KL refinement; returns (params, opt_state, pool ESS fraction, khat)."""
     from .diagnostics import importance_ess, psis
 
     key_pool, key_pick = jax.random.split(key)
-    z, log_q = _draw_pool(eqx.combine(params, static), key_pool, config.refine_pool)
+    z, log_q = draw_with_log_q(eqx.combine(params, static), key_pool, config.refine_pool)
     devices = None if mesh is None else mesh.size
     log_w = np.asarray(_pool_log_p(target, z, devices)) - np.asarray(log_q)
     log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
@@ -701,7 +702,7 @@ def fit_variational(
 
     params, static = _partition(flow)
     opt_state = optimizer.init(params)
-    refine_optimizer = _refine_optimizer(config)
+    refine_optimizer = _optimizer(config, config.refine_learning_rate)
     losses: list[float] = []
     betas: list[float] = []
     step0, ema, best, since_best, skipped = 0, None, np.inf, 0, 0
@@ -765,11 +766,7 @@ def fit_variational(
 
     bar = None
     if progress and stage == "variational":
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=config.max_steps, initial=step0, desc="flow fit", leave=False, disable=None
-        )
+        bar = _progress(config.max_steps, step0, "flow fit")
     step = step0
     try:
         while stage == "variational" and step < config.max_steps:
@@ -826,15 +823,7 @@ def fit_variational(
             save(step)
     bar = None
     if progress and refine_round < config.refine_rounds:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=config.refine_rounds,
-            initial=refine_round,
-            desc="flow refine",
-            leave=False,
-            disable=None,
-        )
+        bar = _progress(config.refine_rounds, refine_round, "flow refine")
     try:
         while refine_round < config.refine_rounds:
             params, refine_state, ess, khat = _refine_round(

@@ -23,7 +23,7 @@ import numpy as np
 
 from .diagnostics import importance_ess, max_hellinger, psis_khat, psis_khat_threshold
 from .errors import ParameterError
-from .flows import FitInfo, FlowConfig, TrainConfig, fit_variational
+from .flows import FitInfo, FlowConfig, TrainConfig, draw_with_log_q, fit_variational
 from .posterior import Posterior
 from .results import PosteriorResult, provenance, serialise_flow
 from .sampling import McmcResult, importance_resample, run_neutra, run_nuts
@@ -42,11 +42,6 @@ __all__ = [
 
 
 @eqx.filter_jit
-def _draw(flow, key, n: int):
-    return flow.sample_and_log_prob(key, (n,))
-
-
-@eqx.filter_jit
 def _parts(posterior: Posterior, z):
     return jax.vmap(posterior.log_prob_parts)(z)
 
@@ -56,7 +51,7 @@ def flow_draws(posterior: Posterior, flow, key, n: int, *, chunk: int = 4096):
     zs, log_qs, lls, lps = [], [], [], []
     n_chunks = -(-n // chunk)
     for i in range(n_chunks):
-        z, log_q = _draw(flow, jax.random.fold_in(key, i), chunk)
+        z, log_q = draw_with_log_q(flow, jax.random.fold_in(key, i), chunk)
         ll, lp = _parts(posterior, z)
         zs.append(np.asarray(z))
         log_qs.append(np.asarray(log_q))
