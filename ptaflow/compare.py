@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import __version__
+from .devices import release_compiled_code
 from .errors import ModelError, ParameterError, PtaflowError
 from .evidence import estimate_evidence_harmonic, estimate_evidence_importance
 from .flows import FlowConfig, TrainConfig
@@ -549,6 +550,7 @@ def compare(
             outcomes.append(done)
             continue
         run = evaluate_model(model, settings, key=key, log=say)
+        release_compiled_code()  # nothing compiled for one model serves the next
         outcomes.append(run.outcome)
         if out is not None and run.traceback:
             write_bytes_atomic(out / "models" / f"{model.name}.error.txt", run.traceback.encode())

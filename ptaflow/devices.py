@@ -15,6 +15,7 @@ ptaflow compare ...`). Without that, a CPU is one device and `devices="all"` is 
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
 
@@ -25,7 +26,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from .errors import ParameterError
 
-__all__ = ["use_cpu_cores", "check_devices", "device_mesh", "map_rows"]
+__all__ = ["use_cpu_cores", "check_devices", "device_mesh", "map_rows", "release_compiled_code"]
 
 #: Name of the mesh axis along which batches are split.
 AXIS = "batch"
@@ -161,3 +162,17 @@ def map_rows(
         block, mesh=mesh, in_specs=PartitionSpec(), out_specs=PartitionSpec(), check_vma=False
     )
     return jax.tree.map(lambda out: out[:n_rows], split(thetas))
+
+
+def release_compiled_code() -> None:
+    """Free the compiled XLA executables that JAX has cached in this process.
+
+    Each executable XLA's CPU JIT keeps alive holds several memory mappings (about nine for a
+    small function). A long-lived process that fits many independent models (a comparison of
+    many models, a batch worker running task after task, a test session) would otherwise
+    accumulate them until it reaches the kernel's limit on mappings (`vm.max_map_count`, 65530
+    by default), where the next compilation aborts in LLVM ("Unable to allocate section
+    memory"). Call it between independent fits; functions still in use just compile again.
+    """
+    jax.clear_caches()
+    gc.collect()

@@ -8,6 +8,7 @@ import jax
 import pytest
 
 import ptaflow  # noqa: F401  (first: sets OPENBLAS_NUM_THREADS before SciPy loads)
+from ptaflow.devices import release_compiled_code
 
 jax.config.update("jax_enable_x64", True)
 
@@ -28,3 +29,15 @@ def shared_data() -> pathlib.Path:
             "checkout); it cannot run without it"
         )
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_code():
+    """Free each test module's compiled XLA executables when the module is done.
+
+    The whole suite compiles thousands of functions in one process; without this it reaches
+    the kernel's limit on memory mappings part-way through and the next compilation aborts
+    (see `ptaflow.devices.release_compiled_code`).
+    """
+    yield
+    release_compiled_code()

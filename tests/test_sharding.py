@@ -330,3 +330,30 @@ def test_batches_over_missing_devices_are_refused_with_the_way_to_get_them():
         like.batch(thetas, devices=0)
     # One device: the plain path, the same values as without the option.
     np.testing.assert_array_equal(like.batch(thetas, devices="all"), like.batch(thetas))
+
+
+def _memory_mappings() -> int:
+    with open("/proc/self/maps") as fh:
+        return sum(1 for _ in fh)
+
+
+def test_release_compiled_code_frees_the_executables_mappings():
+    import jax.numpy as jnp
+
+    from ptaflow.devices import release_compiled_code
+
+    jax.jit(lambda x: jnp.cos(x) + 1)(1.0)  # the JIT's first use maps memory of its own
+    release_compiled_code()
+    fns = [jax.jit(lambda x, k=k: jnp.sin(x) * k + k) for k in range(40)]
+    start = _memory_mappings()
+    for f in fns:
+        f(1.0).block_until_ready()
+    compiled = _memory_mappings()
+    release_compiled_code()
+    added, freed = compiled - start, compiled - _memory_mappings()
+    # Measured on XLA's CPU JIT: 3 mappings per executable this small, all freed again. The
+    # 10 % slack leaves room for JAX's own threads mapping memory meanwhile.
+    assert added >= 2 * len(fns), f"compiling {len(fns)} functions added {added} mappings"
+    assert freed >= 0.9 * added, f"{added} mappings added by compiling, only {freed} freed"
+    # The functions still work: they compile again.
+    assert float(fns[7](0.0)) == 7.0

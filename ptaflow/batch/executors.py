@@ -155,8 +155,13 @@ def _ray_run_task(out_dir: str, index: int) -> dict:
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    from ..devices import release_compiled_code
+
     _, tasks = load_manifest(out_dir)
-    outcome = run_task(out_dir, tasks[index])
+    try:
+        outcome = run_task(out_dir, tasks[index])
+    finally:
+        release_compiled_code()  # a Ray worker runs task after task: free this one's code
     return {"index": index, "pid": os.getpid(), "status": outcome.status}
 
 
