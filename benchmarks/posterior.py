@@ -271,7 +271,7 @@ def _case(args, correlation) -> dict:
         "flow_wall_s": round(t_flow, 2),
         "flow_train_steps": steps,
         "flow_converged": converged,
-        **{f"flow_{k}": v for k, v in refine.items()},
+        **{f"flow_{k}": round(v, 3) if isinstance(v, float) else v for k, v in refine.items()},
         "flow_samples": n_flow,
         "flow_ess": round(flow_ess, 1),
         "flow_ess_fraction": round(flow_ess / n_flow, 4),
