@@ -259,7 +259,8 @@ def _case(args, correlation) -> dict:
         result = fit.to_result(benchmark="posterior")
         save_posterior(result, out_dir / f"flow_{correlation}.h5")
         steps, converged = fit.info.steps, fit.info.converged
-        refine = {k: fit.info.to_dict()[k] for k in _REFINE_KEYS}
+        summary = fit.info.to_dict()
+        refine = {k: summary[k] for k in _REFINE_KEYS}
         n_flow, flow_ess, khat = args.flow_samples, fit.ess, fit.khat
     row = {
         "case": f"posterior_{correlation}_{args.pulsars}psr",

@@ -155,12 +155,11 @@ class TrainConfig:
             uses the first n of `jax.local_devices()`, "all" every one of them. n must divide
             `num_samples` and `refine_batch`. The batch is drawn from the same key as on one
             device (the same random numbers whatever n), each device transforms and evaluates
-            num_samples / n
-            of the draws, the flow's parameters and optimiser state are replicated, and the
-            batch means of the loss and its gradient become sums across devices, so the
-            losses equal one device's up to floating-point summation order. Whether n devices
-            exist is checked when training starts (a config may be written on another machine
-            than the one that trains). On a 4-GPU node:
+            num_samples / n of the draws, the flow's parameters and optimiser state are
+            replicated, and the batch means of the loss and its gradient become sums across
+            devices, so the losses equal one device's up to floating-point summation order.
+            Whether n devices exist is checked when training starts (a config may be written
+            on another machine than the one that trains). On a 4-GPU node:
             ``fit_variational(key, posterior, n_dim, config=TrainConfig(devices=4))``, or
             ``devices = "all"`` in a batch file's [train] table. On a multi-core CPU, present
             the cores as devices first (`ptaflow.devices.use_cpu_cores()`, or
