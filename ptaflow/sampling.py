@@ -13,6 +13,8 @@ log-Jacobian of the map to R^n, as `ptaflow.posterior.Posterior.log_prob`).
   chain targets exactly the push-back of the posterior for any bijection T, so the flow only
   preconditions: a good flow makes the latent posterior close to N(0, I), and NUTS then needs
   few leapfrog steps per effectively independent sample.
+- `combine_chains`: the chains of several runs of one sampler on one target (other seeds,
+  other machines, or a run extended later) as one result, with R-hat and ESS over all of them.
 - `importance_resample`: multinomial resampling of weighted draws (e.g. flow samples weighted
   by posterior / flow density).
 
@@ -46,7 +48,7 @@ from scipy import special, stats
 from .devices import AXIS, device_mesh
 from .errors import ParameterError
 
-__all__ = ["McmcResult", "run_nuts", "run_neutra", "importance_resample"]
+__all__ = ["McmcResult", "run_nuts", "run_neutra", "combine_chains", "importance_resample"]
 
 _CHAIN_METHODS = ("vectorized", "sequential", "parallel")
 
@@ -544,6 +546,83 @@ def run_neutra(
     samples = np.asarray(z, dtype=u.dtype).reshape(u.shape)
     log_prob_z = run["log_density"] - np.asarray(log_det).reshape(u.shape[:2])
     return _result(run, samples, log_prob_z, t0, "neutra", dataclasses.asdict(opts))
+
+
+# Options that may differ between runs whose chains are combined: how the chains were laid
+# out over devices and whether a progress bar showed do not change what the chains sample.
+_COMBINE_FREE = ("num_chains", "chain_method", "progress_bar")
+
+
+def combine_chains(results) -> McmcResult:
+    """The chains of several MCMC runs of one target as one result.
+
+    Long reference runs are often split into parts: a few chains per machine or per batch
+    job, or more chains added later with another seed. Pooling their draws is only sound
+    when the chains agree, so R-hat and ESS are recomputed over all chains together (an
+    R-hat near 1 over the combined chains is the check that the parts sampled one
+    distribution), not averaged or summed from the parts.
+
+    Args:
+        results: Two or more `McmcResult` of one method, with the same number of draws per
+            chain, dimension and sampler options (the number of chains, the chain method
+            and the progress bar aside). Run them with different keys: chains that share a
+            key repeat each other's draws.
+
+    Returns:
+        An `McmcResult` with the chains in the given order. Divergences and leapfrog steps
+        are totals over the parts, the acceptance statistic is their chain-weighted mean,
+        and `wall_time_s` is the sum of the parts' wall times (the cost of running them
+        one after another on the same hardware). `settings["num_chains"]` is the total.
+
+    Raises:
+        ParameterError: Fewer than two results, or parts that differ in method, shape or
+            options.
+    """
+    results = list(results)
+    if len(results) < 2 or not all(isinstance(r, McmcResult) for r in results):
+        raise ParameterError(
+            "combine_chains needs two or more McmcResult; got "
+            f"{[type(r).__name__ for r in results]}."
+        )
+    first = results[0]
+
+    def options(r):
+        return {k: v for k, v in r.settings.items() if k not in _COMBINE_FREE}
+
+    for i, r in enumerate(results[1:], start=1):
+        if r.method != first.method:
+            raise ParameterError(f"result {i} is {r.method!r}, result 0 is {first.method!r}.")
+        if r.samples.shape[1:] != first.samples.shape[1:]:
+            raise ParameterError(
+                f"result {i} has (draws per chain, n_dim) = {r.samples.shape[1:]}, result 0 "
+                f"has {first.samples.shape[1:]}; R-hat compares chains of equal length."
+            )
+        if options(r) != options(first):
+            diff = sorted(
+                k
+                for k in options(r).keys() | options(first).keys()
+                if options(r).get(k) != options(first).get(k)
+            )
+            raise ParameterError(
+                f"result {i} ran with other sampler options than result 0: {diff}."
+            )
+    samples = np.concatenate([r.samples for r in results], axis=0)
+    log_prob = np.concatenate([r.log_prob for r in results], axis=0)
+    rhat, ess = _rhat_and_bulk_ess(samples)
+    n_chains = [r.n_chains for r in results]
+    return McmcResult(
+        samples=samples,
+        log_prob=log_prob,
+        rhat=rhat,
+        ess=ess,
+        n_divergent=sum(r.n_divergent for r in results),
+        mean_accept_prob=float(np.average([r.mean_accept_prob for r in results], weights=n_chains)),
+        num_steps=sum(r.num_steps for r in results),
+        num_steps_warmup=sum(r.num_steps_warmup for r in results),
+        wall_time_s=sum(r.wall_time_s for r in results),
+        method=first.method,
+        settings={**first.settings, "num_chains": sum(n_chains)},
+    )
 
 
 def importance_resample(key: jax.Array, samples, log_weights, n: int) -> jax.Array:
