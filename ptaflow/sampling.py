@@ -25,7 +25,7 @@ object, flow structure, shapes and options does not compile again.
 
 Diagnostics follow Vehtari et al. 2021 (Bayesian Analysis 16, 667; arXiv:1903.08008): bulk
 effective sample size and rank-normalised split R-hat, computed with numpyro's
-`effective_sample_size` and `split_gelman_rubin` on rank-normalised draws.
+`effective_sample_size` and `split_gelman_rubin` on rank-normalised draws (`rhat_and_ess`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,14 @@ from scipy import special, stats
 from .devices import AXIS, device_mesh
 from .errors import ParameterError
 
-__all__ = ["McmcResult", "run_nuts", "run_neutra", "combine_chains", "importance_resample"]
+__all__ = [
+    "McmcResult",
+    "run_nuts",
+    "run_neutra",
+    "combine_chains",
+    "rhat_and_ess",
+    "importance_resample",
+]
 
 _CHAIN_METHODS = ("vectorized", "sequential", "parallel")
 
@@ -333,8 +340,31 @@ def _split(x: np.ndarray) -> np.ndarray:
     return np.concatenate([x[:, :half], x[:, -half:]], axis=0)
 
 
-def _rhat_and_bulk_ess(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rank-normalised split R-hat (max of bulk and folded) and bulk ESS, shape (n_dim,) each."""
+def rhat_and_ess(samples) -> tuple[np.ndarray, np.ndarray]:
+    """Rank-normalised split R-hat and bulk ESS of each coordinate of a set of chains.
+
+    The diagnostics of `McmcResult`, for chains from anywhere (e.g. PTMCMC or a stored
+    reference). R-hat is the larger of the bulk and folded (tail) versions (Vehtari et al.
+    2021). Both use ranks, so the bulk ESS is the same in any monotone reparametrisation of a
+    coordinate (z or the physical parameter); the folded R-hat, which folds about the median,
+    can differ slightly.
+
+    Args:
+        samples: Draws, shape (n_chains, n_draws, n_dim), n_draws >= 4.
+
+    Returns:
+        (rhat, ess), each of shape (n_dim,).
+
+    Raises:
+        ParameterError: Another shape, fewer than 4 draws per chain, or non-finite draws.
+    """
+    samples = np.asarray(samples, dtype=float)
+    if samples.ndim != 3 or samples.shape[1] < 4 or samples.shape[2] < 1:
+        raise ParameterError(
+            f"samples must have shape (n_chains, n_draws >= 4, n_dim); got {samples.shape}."
+        )
+    if not np.all(np.isfinite(samples)):
+        raise ParameterError("samples must be finite.")
     folded = np.abs(samples - np.median(samples, axis=(0, 1)))
     rhat_bulk = split_gelman_rubin(_rank_normalise(samples))
     rhat_tail = split_gelman_rubin(_rank_normalise(folded))
@@ -371,7 +401,7 @@ def _sample(key, log_density, init, opts: _Options):
 
 
 def _result(run: dict, samples, log_prob, t0: float, method: str, settings: dict) -> McmcResult:
-    rhat, ess = _rhat_and_bulk_ess(samples)
+    rhat, ess = rhat_and_ess(samples)
     return McmcResult(
         samples=samples,
         log_prob=log_prob,
@@ -608,7 +638,7 @@ def combine_chains(results) -> McmcResult:
             )
     samples = np.concatenate([r.samples for r in results], axis=0)
     log_prob = np.concatenate([r.log_prob for r in results], axis=0)
-    rhat, ess = _rhat_and_bulk_ess(samples)
+    rhat, ess = rhat_and_ess(samples)
     n_chains = [r.n_chains for r in results]
     return McmcResult(
         samples=samples,
