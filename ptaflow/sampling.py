@@ -619,6 +619,7 @@ def combine_chains(results) -> McmcResult:
     def options(r):
         return {k: v for k, v in r.settings.items() if k not in _COMBINE_FREE}
 
+    base = options(first)
     for i, r in enumerate(results[1:], start=1):
         if r.method != first.method:
             raise ParameterError(f"result {i} is {r.method!r}, result 0 is {first.method!r}.")
@@ -627,12 +628,9 @@ def combine_chains(results) -> McmcResult:
                 f"result {i} has (draws per chain, n_dim) = {r.samples.shape[1:]}, result 0 "
                 f"has {first.samples.shape[1:]}; R-hat compares chains of equal length."
             )
-        if options(r) != options(first):
-            diff = sorted(
-                k
-                for k in options(r).keys() | options(first).keys()
-                if options(r).get(k) != options(first).get(k)
-            )
+        opts = options(r)
+        if opts != base:
+            diff = sorted(k for k in opts.keys() | base.keys() if opts.get(k) != base.get(k))
             raise ParameterError(
                 f"result {i} ran with other sampler options than result 0: {diff}."
             )
