@@ -54,6 +54,13 @@ def _parse(argv):
         help="flow training: forward-KL refinement rounds (default TrainConfig's; 0: none)",
     )
     p.add_argument("--flow-samples", type=int, default=50000)
+    p.add_argument(
+        "--defensive",
+        type=float,
+        help="share of the importance samples from the exact noise-only component (default "
+        "ptaflow's, DEFENSIVE_FRACTION; 0: flow draws alone). With --flow-from a stored flow "
+        "without one, that share of noise-only draws is added to its samples",
+    )
     p.add_argument("--nuts-warmup", type=int, default=1000)
     p.add_argument("--nuts-samples", type=int, default=3000, help="per chain")
     p.add_argument("--nuts-chains", type=int, default=4)
@@ -98,6 +105,9 @@ def _parse(argv):
         help="NG15 Feather pulsars and noise_dict_15yr.json (for --ptmcmc)",
     )
     p.add_argument("--out-dir", type=pathlib.Path, default=REPO / "benchmarks" / "out")
+    p.add_argument(
+        "--progress", action="store_true", help="training progress bar on stderr (default: a tty)"
+    )
     args = p.parse_args(argv)
     if args.devices != "all" and not (args.devices.isdigit() and int(args.devices) >= 1):
         p.error(f"--devices {args.devices}: expected 'all' or a positive integer")
@@ -226,6 +236,70 @@ def _reference(args, post, correlation, out_dir, devices):
 _REFINE_KEYS = ("refine_rounds", "refine_ess_fraction_median", "refine_khat_median")
 
 
+def _add_defensive(args, post, result):
+    """A stored flow-only result joined by noise-only draws: (theta, log_weights, n_flow, extra).
+
+    The flow's density at its own draws comes back from the stored weights
+    (ln q = ln L + ln pi + ln|J| - ln w); the noise-only draws and the mixture's weights are
+    those of `ptaflow.inference.defensive_draws`.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ptaflow.flows import FlowConfig, flow_from_bytes
+    from ptaflow.inference import DEFENSIVE_FRACTION, defensive_draws
+    from ptaflow.noise_only import noise_only_posterior
+
+    share = DEFENSIVE_FRACTION if args.defensive is None else args.defensive
+    n_flow = result.samples.shape[0]
+    if result.log_weights is None:
+        raise SystemExit(f"{args.flow_from}: no importance weights (not a flow result)")
+    if share == 0 or result.flow_bytes is None:
+        return result.samples, result.log_weights, n_flow, {}
+    t0 = time.perf_counter()
+    cfg = {k: v for k, v in result.flow_config.items() if k != "n_dim"}
+    flow = flow_from_bytes(result.flow_bytes, post.n_dim, FlowConfig(**cfg))
+    z = post.to_unconstrained(jnp.asarray(result.samples))
+    log_det = np.asarray(post.prior.from_unconstrained(z)[1])
+    lp = result.log_prior + log_det
+    log_q = result.log_likelihood + lp - result.log_weights
+    noise = noise_only_posterior(post)
+    n_noise = max(1, round(share / (1 - share) * n_flow))
+    key = jax.random.key(args.seed + 11)
+    z, log_q, ll, lp = defensive_draws(
+        post, flow, noise, (np.asarray(z), log_q, result.log_likelihood, lp), key, n_noise
+    )
+    lw = ll + lp - log_q
+    extra = {"noise_only": noise, "defensive_s": time.perf_counter() - t0}
+    return np.asarray(post.to_theta(jnp.asarray(z))), lw, n_flow, extra
+
+
+def _tail(post, theta, weights, ref_samples, log_z, log_z0):
+    """Mass of the common amplitude's lowest decade: the exact Savage-Dickey value where the
+    signal is undetectable there, Pi(log10_A < lo + 1) Z_0 / Z, against flow and reference."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    name = post.common_names[0]
+    i = post.param_names.index(name)
+    prior = post.prior.priors[post.prior.block_names.index((name,))]
+    lo = prior.bounds()[0][0]
+    a = lo + 1.0
+    x = np.linspace(lo, a, 2001)  # prior mass below a, by the trapezoid rule
+    mass = float(np.trapezoid(np.exp(np.asarray(prior.log_prob(jnp.asarray(x)))), x))
+    w = weights / weights.sum()
+    out = {
+        "param": name,
+        "below": a,
+        "savage_dickey": round(mass * float(np.exp(log_z0 - log_z)), 6),
+        "flow_weighted": round(float(np.sum(w[theta[:, i] < a])), 6),
+    }
+    if ref_samples is not None:
+        out["reference"] = round(float(np.mean(ref_samples[:, i] < a)), 6)
+    return out
+
+
 def _case(args, correlation) -> dict:
     import jax
     import numpy as np
@@ -252,7 +326,13 @@ def _case(args, correlation) -> dict:
         t_flow = float(diag["wall_time_s"])
         steps, converged = diag.get("train_steps"), diag.get("train_converged")
         refine = {k: diag.get(f"train_{k}") for k in _REFINE_KEYS}
-        n_flow, flow_ess, khat = int(diag["n_samples"]), float(diag["ess"]), float(diag["khat"])
+        if "n_flow_draws" in diag:  # already weighted with its own proposal
+            theta, log_w, n_flow = result.samples, result.log_weights, int(diag["n_flow_draws"])
+            log_z0 = diag.get("noise_only_log_evidence")
+        else:
+            theta, log_w, n_flow, added = _add_defensive(args, post, result)
+            t_flow += added.get("defensive_s", 0.0)
+            log_z0 = added["noise_only"].log_evidence if "noise_only" in added else None
     else:
         extra = {
             "patience": args.patience,
@@ -270,7 +350,8 @@ def _case(args, correlation) -> dict:
             seed=args.seed,
             train_config=cfg,
             n_samples=args.flow_samples,
-            progress=sys.stderr.isatty(),
+            defensive=args.defensive,
+            progress=args.progress or sys.stderr.isatty(),
         )
         t_flow = time.perf_counter() - t0
         result = fit.to_result(benchmark="posterior")
@@ -278,7 +359,17 @@ def _case(args, correlation) -> dict:
         steps, converged = fit.info.steps, fit.info.converged
         summary = fit.info.to_dict()
         refine = {k: summary[k] for k in _REFINE_KEYS}
-        n_flow, flow_ess, khat = args.flow_samples, fit.ess, fit.khat
+        theta, log_w, n_flow = result.samples, result.log_weights, fit.n_flow_draws
+        log_z0 = None if fit.noise_only is None else fit.noise_only.log_evidence
+    from scipy.special import logsumexp
+
+    from ptaflow.diagnostics import importance_ess, psis_khat
+
+    n_all = theta.shape[0]
+    weights = np.exp(log_w - np.max(log_w))
+    flow_ess, khat = importance_ess(log_w), psis_khat(log_w)
+    log_z = float(logsumexp(log_w) - np.log(n_all))
+    raw = theta[:n_flow]  # the flow's own draws, equally weighted
     row = {
         "case": f"posterior_{correlation}_{args.pulsars}psr",
         "device": jax.devices()[0].device_kind,
@@ -291,12 +382,17 @@ def _case(args, correlation) -> dict:
         "flow_converged": converged,
         **{f"flow_{k}": round(v, 3) if isinstance(v, float) else v for k, v in refine.items()},
         "flow_samples": n_flow,
+        "noise_only_samples": n_all - n_flow,
         "flow_ess": round(flow_ess, 1),
-        "flow_ess_fraction": round(flow_ess / n_flow, 4),
+        "flow_ess_fraction": round(flow_ess / n_all, 4),
         "khat": round(khat, 3),
+        "log_evidence_importance": round(log_z, 4),
     }
-    pick = np.random.default_rng(5).choice(n_flow, 4000, p=result.weights / result.weights.sum())
-    draws = result.samples[pick][:, -2:]
+    if log_z0 is not None:
+        row["noise_only_log_evidence"] = round(log_z0, 4)
+        row["log_bayes_factor_vs_noise_only"] = round(log_z - log_z0, 4)
+    pick = np.random.default_rng(5).choice(n_all, 4000, p=weights / weights.sum())
+    draws = theta[pick][:, -2:]
     from ptaflow.likelihood import load_free_spectrum_densities
 
     dens = load_free_spectrum_densities()
@@ -319,14 +415,12 @@ def _case(args, correlation) -> dict:
         ess_of = dict(zip(names, ref_ess_all.tolist(), strict=True))
         ess_2d = min(ess_of[k] for k in common)  # the 2-D floor: the SGWB pair's ESS
         table = {}
-        for kind, w in (("raw", None), ("weighted", result.weights)):
-            h = max_hellinger(result.samples, ref.samples, names, weights_a=w, bins=args.bins)
+        for kind, x, w in (("raw", raw, None), ("weighted", theta, weights)):
+            h = max_hellinger(x, ref.samples, names, weights_a=w, bins=args.bins)
             worst = max(h, key=h.get)
             n_eff = n_flow if w is None else flow_ess
             idx = [names.index(c) for c in common]
-            h2 = hellinger_2d(
-                result.samples[:, idx], ref.samples[:, idx], weights_x=w, bins=args.bins_2d
-            )
+            h2 = hellinger_2d(x[:, idx], ref.samples[:, idx], weights_x=w, bins=args.bins_2d)
             # the floor for each parameter from that parameter's reference ESS
             floor = {k: hellinger_noise_floor(n_eff, ess_of[k], n_bins=args.bins) for k in names}
             table[kind] = {
@@ -360,13 +454,17 @@ def _case(args, correlation) -> dict:
                 "reference_s_per_1000_ess": round(1000 * ref_wall / ref_ess, 2),
             }
         )
+        if log_z0 is not None:
+            row["tail"] = _tail(post, theta, weights, ref.samples, log_z, log_z0)
         plot_corner(
-            [result.samples[:, -6:], ref.samples[:, -6:]],
+            [theta[:, -6:], ref.samples[:, -6:]],
             param_names=post.param_names[-6:],
             labels=["flow (weighted)", row["reference_method"]],
-            weights=[result.weights, None],
+            weights=[weights, None],
             path=out_dir / f"corner_{correlation}.png",
         )
+    elif log_z0 is not None:
+        row["tail"] = _tail(post, theta, weights, None, log_z, log_z0)
     if args.ptmcmc:
         pt = _ptmcmc(args, post, post.likelihood.tspan, correlation, out_dir)
         row["ptmcmc"] = pt

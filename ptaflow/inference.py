@@ -9,6 +9,12 @@
 Flow samples are made exact by importance weights w = L pi |J| / q (their Pareto khat says
 whether that is reliable, Vehtari et al. arXiv:1507.02646) and importance resampling, or by
 NeuTra (NUTS in the flow's latent space, Hoffman et al. arXiv:1903.03704).
+
+In full mode the importance-sampling proposal is a defensive mixture q = (1 - alpha) q_flow +
+alpha q_0 (alpha = `DEFENSIVE_FRACTION` by default), q_0 the exact noise-only red-noise
+posterior times the common process's prior (`ptaflow.noise_only`). It gives the no-signal
+plateau of the common amplitude, which a flow fitted by reverse KL leaves out, its exact mass,
+and the fit reports ln Z_0 and the Bayes factor of the common process against noise alone.
 """
 
 from __future__ import annotations
@@ -24,14 +30,17 @@ import numpy as np
 from .diagnostics import importance_ess, max_hellinger, psis_khat, psis_khat_threshold
 from .errors import ParameterError
 from .flows import FitInfo, FlowConfig, TrainConfig, draw_with_log_q, fit_variational
+from .noise_only import NoiseOnlyPosterior, noise_only_posterior
 from .posterior import Posterior
 from .results import PosteriorResult, provenance, serialise_flow
 from .sampling import McmcResult, importance_resample, run_neutra, run_nuts
 
 __all__ = [
+    "DEFENSIVE_FRACTION",
     "PosteriorFit",
     "fit_posterior",
     "flow_draws",
+    "defensive_draws",
     "neutra_samples",
     "independence_samples",
     "IndependenceChains",
@@ -41,9 +50,30 @@ __all__ = [
 ]
 
 
+#: Default share of the importance-sampling draws from the noise-only component (full mode).
+DEFENSIVE_FRACTION = 0.05
+
+
 @eqx.filter_jit
 def _parts(posterior: Posterior, z):
     return jax.vmap(posterior.log_prob_parts)(z)
+
+
+@eqx.filter_jit
+def _flow_log_prob(flow, z):
+    return jax.vmap(flow.log_prob)(z)
+
+
+def _chunked(fn, z: np.ndarray, chunk: int):
+    """fn on rows of z in chunks of one fixed shape (the last one padded): one compilation."""
+    outs = []
+    for s in range(0, z.shape[0], chunk):
+        block = z[s : s + chunk]
+        n = block.shape[0]
+        padded = np.concatenate([block, np.repeat(block[:1], chunk - n, axis=0)])
+        out = fn(jnp.asarray(padded))
+        outs.append(tuple(np.asarray(o)[:n] for o in (out if isinstance(out, tuple) else (out,))))
+    return tuple(np.concatenate(parts) for parts in zip(*outs, strict=True))
 
 
 def flow_draws(posterior: Posterior, flow, key, n: int, *, chunk: int = 4096):
@@ -61,6 +91,52 @@ def flow_draws(posterior: Posterior, flow, key, n: int, *, chunk: int = 4096):
     return tuple(cat)
 
 
+def defensive_draws(
+    posterior: Posterior,
+    flow,
+    noise: NoiseOnlyPosterior,
+    flow_part: tuple,
+    key,
+    n_noise: int,
+    *,
+    chunk: int = 4096,
+):
+    """Flow draws joined by n_noise draws of the noise-only component, with mixture densities.
+
+    The proposal is q = (n_flow / n) q_flow + (n_noise / n) q_0 with q_0 = (noise-only
+    red-noise posterior) x (common prior) on z (`NoiseOnlyPosterior.log_q_z`); every draw, of
+    either component, is weighted by p / q (deterministic-mixture weights), which keeps the
+    weights unbiased and bounds them by p / (alpha q_0) where the flow has no mass.
+
+    Args:
+        posterior: the full-mode target.
+        flow: the flow whose draws `flow_part` holds (its density is evaluated at q_0's draws).
+        noise: `ptaflow.noise_only.noise_only_posterior(posterior)`.
+        flow_part: (z, ln q_flow, ln L, ln pi + ln|J|) of n_flow flow draws (`flow_draws`).
+        key: JAX key of the noise-only draws.
+        n_noise: how many noise-only draws.
+
+    Returns:
+        (z, ln q, ln L, ln pi + ln|J|), n_flow + n_noise rows, the flow draws first.
+    """
+    z_f, log_q_f, ll_f, lp_f = (np.asarray(a) for a in flow_part)
+    if n_noise < 1:
+        raise ParameterError(f"n_noise={n_noise}: expected at least one noise-only draw")
+    theta_0 = noise.sample_theta(key, n_noise)
+    z_0 = np.asarray(posterior.to_unconstrained(jnp.asarray(theta_0)))
+    ll_0, lp_0 = _chunked(lambda z: _parts(posterior, z), z_0, chunk)
+    (log_q_f0,) = _chunked(lambda z: _flow_log_prob(flow, z), z_0, chunk)
+    z = np.concatenate([z_f, z_0])
+    lp = np.concatenate([lp_f, lp_0])
+    theta = np.asarray(posterior.to_theta(jnp.asarray(z)))
+    log_q0 = noise.log_q_z(theta, lp)
+    n_flow, n = z_f.shape[0], z.shape[0]
+    log_q = np.logaddexp(
+        np.log(n_flow / n) + np.concatenate([log_q_f, log_q_f0]), np.log(n_noise / n) + log_q0
+    )
+    return z, log_q, np.concatenate([ll_f, ll_0]), lp
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class PosteriorFit:
     """A trained flow for one posterior and its importance-weighted samples.
@@ -70,10 +146,14 @@ class PosteriorFit:
         flow: the trained flow on unconstrained z.
         flow_config, train_config: how it was built and trained.
         info: training record.
-        z: (n, n_dim) flow samples in z; log_q: their flow log-density.
+        z: (n, n_dim) importance samples in z: the flow's draws, then (with a noise-only
+            component) the noise-only draws; log_q: the proposal's log-density at them (the
+            defensive mixture's when there is one).
         log_likelihood: (n,) ln L; log_prior_z: (n,) ln pi + ln |det dtheta/dz|.
         seed: the run's seed.
         wall_time_s: seconds from the call to the weighted samples (compilation included).
+        n_flow: how many of the samples are flow draws (the first n_flow; default all).
+        noise_only: the noise-only model behind the defensive component, or None.
     """
 
     posterior: Posterior
@@ -87,6 +167,28 @@ class PosteriorFit:
     log_prior_z: np.ndarray
     seed: int
     wall_time_s: float
+    n_flow: int | None = None
+    noise_only: NoiseOnlyPosterior | None = None
+
+    @property
+    def n_flow_draws(self) -> int:
+        """How many of the samples are flow draws (they come first)."""
+        return self.z.shape[0] if self.n_flow is None else int(self.n_flow)
+
+    @property
+    def defensive_fraction(self) -> float:
+        """Share of the samples drawn from the noise-only component."""
+        return 1.0 - self.n_flow_draws / self.z.shape[0]
+
+    @property
+    def log_evidence(self) -> tuple[float, float]:
+        """ln Z by importance sampling and its standard error sqrt(1/ESS - 1/n) (see
+        `ptaflow.evidence.estimate_evidence_importance`; meaningful when khat < 0.7)."""
+        from scipy.special import logsumexp
+
+        n = self.z.shape[0]
+        log_z = float(logsumexp(self.log_weights) - np.log(n))
+        return log_z, float(np.sqrt(max(1.0 / self.ess - 1.0 / n, 0.0)))
 
     @property
     def theta(self) -> np.ndarray:
@@ -122,16 +224,32 @@ class PosteriorFit:
     def diagnostics(self) -> dict:
         """Importance ESS (absolute and fraction), khat and its threshold, training summary."""
         n = self.z.shape[0]
-        return {
+        out = {
             "n_samples": n,
+            "n_flow_draws": self.n_flow_draws,
+            "defensive_fraction": self.defensive_fraction,
             "ess": self.ess,
             "ess_fraction": self.ess / n,
             "khat": self.khat,
             "khat_threshold": psis_khat_threshold(n),
             "n_nonfinite": int(np.sum(~np.isfinite(self.log_target))),
             "wall_time_s": self.wall_time_s,
-            **{f"train_{k}": v for k, v in self.info.to_dict().items()},
         }
+        if self.noise_only is not None:
+            log_z, log_z_err = self.log_evidence
+            log_z0, log_z0_err = self.noise_only.log_evidence, self.noise_only.log_evidence_err
+            out.update(
+                {
+                    "log_evidence_importance": log_z,
+                    "log_evidence_importance_err": log_z_err,
+                    "noise_only_log_evidence": log_z0,
+                    "noise_only_log_evidence_err": log_z0_err,
+                    "log_bayes_factor_vs_noise_only": log_z - log_z0,
+                    "log_bayes_factor_vs_noise_only_err": float(np.hypot(log_z_err, log_z0_err)),
+                }
+            )
+        out.update({f"train_{k}": v for k, v in self.info.to_dict().items()})
+        return out
 
     def to_result(self, **extra_provenance) -> PosteriorResult:
         """The weighted samples, diagnostics, settings, flow and provenance as a result."""
@@ -145,6 +263,7 @@ class PosteriorFit:
             "seed": self.seed,
             "flow": dataclasses.asdict(self.flow_config),
             "train": dataclasses.asdict(self.train_config),
+            "defensive_fraction": self.defensive_fraction,
         }
         return PosteriorResult(
             param_names=self.posterior.param_names,
@@ -168,6 +287,7 @@ def fit_posterior(
     flow_config: FlowConfig | None = None,
     train_config: TrainConfig | None = None,
     n_samples: int = 20000,
+    defensive: float | None = None,
     checkpoint=None,
     progress: bool = True,
 ) -> PosteriorFit:
@@ -177,7 +297,10 @@ def fit_posterior(
         posterior: the target (`ptaflow.posterior.make_posterior` / `make_refit_posterior`).
         seed: the whole run is a deterministic function of it.
         flow_config, train_config: see `ptaflow.flows`.
-        n_samples: flow samples drawn after training.
+        n_samples: importance samples drawn after training (flow and noise-only draws).
+        defensive: share of them drawn from the exact noise-only component (see
+            `defensive_draws`); default `DEFENSIVE_FRACTION` in full mode and 0 in refit mode
+            (which has no red noise). 0 weights flow draws alone.
         checkpoint: training checkpoint file (resumes when present).
         progress: show the training progress bar.
     """
@@ -187,6 +310,16 @@ def fit_posterior(
         )
     if n_samples < 100:
         raise ParameterError(f"n_samples={n_samples}: draw at least 100 flow samples")
+    if defensive is None:
+        defensive = DEFENSIVE_FRACTION if posterior.mode == "full" else 0.0
+    if not 0.0 <= defensive < 1.0:
+        raise ParameterError(f"defensive={defensive}: expected a share in [0, 1)")
+    if defensive > 0 and posterior.mode != "full":
+        raise ParameterError(
+            f"defensive={defensive}: a {posterior.mode}-mode posterior has no red noise and no "
+            "noise-only model; use defensive=0"
+        )
+    n_noise = max(1, round(defensive * n_samples)) if defensive > 0 else 0
     flow_config = flow_config or FlowConfig()
     train_config = train_config or TrainConfig()
     t0 = time.perf_counter()
@@ -200,7 +333,13 @@ def fit_posterior(
         checkpoint=checkpoint,
         progress=progress,
     )
-    z, log_q, ll, lp = flow_draws(posterior, flow, key_draw, n_samples)
+    parts = flow_draws(posterior, flow, key_draw, n_samples - n_noise)
+    noise = None
+    if n_noise:
+        noise = noise_only_posterior(posterior)
+        key_noise = jax.random.fold_in(key_draw, 2**31 - 1)
+        parts = defensive_draws(posterior, flow, noise, parts, key_noise, n_noise)
+    z, log_q, ll, lp = parts
     return PosteriorFit(
         posterior=posterior,
         flow=flow,
@@ -213,6 +352,8 @@ def fit_posterior(
         log_prior_z=lp,
         seed=seed,
         wall_time_s=time.perf_counter() - t0,
+        n_flow=n_samples - n_noise,
+        noise_only=noise,
     )
 
 
@@ -243,16 +384,26 @@ def independence_samples(
 ) -> IndependenceChains:
     """Exact posterior chains by independence Metropolis-Hastings with the flow as proposal.
 
-    Proposals z' ~ q (fresh flow draws, not those behind `fit`'s importance weights) are
-    accepted with probability min(1, w(z')/w(z)), w = p/q (Tierney 1994): the chains target
-    the exact posterior whatever the flow, and mix in a few steps when q is close to it.
-    Costs one target evaluation per draw and no gradients.
+    Proposals z' ~ q (fresh draws, not those behind `fit`'s importance weights) are accepted
+    with probability min(1, w(z')/w(z)), w = p/q (Tierney 1994): the chains target the exact
+    posterior whatever the flow, and mix in a few steps when q is close to it. q is the fit's
+    proposal: the flow, or the flow with its noise-only component (the same share of draws,
+    in random order). Costs one target evaluation per draw and no gradients.
     """
     from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 
     t0 = time.perf_counter()
     n = num_chains * num_samples
-    z, log_q, ll, lp = flow_draws(fit.posterior, fit.flow, jax.random.key(seed), n)
+    key = jax.random.key(seed)
+    if fit.noise_only is None or fit.defensive_fraction == 0:
+        z, log_q, ll, lp = flow_draws(fit.posterior, fit.flow, key, n)
+    else:
+        n_noise = max(1, round(fit.defensive_fraction * n))
+        key_flow, key_noise = jax.random.split(key)
+        part = flow_draws(fit.posterior, fit.flow, key_flow, n - n_noise)
+        part = defensive_draws(fit.posterior, fit.flow, fit.noise_only, part, key_noise, n_noise)
+        order = np.random.default_rng(seed + 1).permutation(n)
+        z, log_q, ll, lp = (a[order] for a in part)
     log_p = ll + lp
     lw = np.where(np.isfinite(log_p - log_q), log_p - log_q, -np.inf)
     z = z.reshape(num_chains, num_samples, -1)

@@ -332,6 +332,15 @@ def _curn_terms_jvp(primals, tangents):
     return jax.jvp(lapack, [primals[i] for i in live], [tangents[i] for i in live])
 
 
+def _noise_only_terms(FNF, FNr, freqs, tspan, rn):
+    """(n, P) per-pulsar ln L terms 1/2 d^T A^-1 d - 1/2 ln det A with red noise alone, for the
+    P pulsars of FNF (P, 2K, 2K), FNr (P, 2K) at rn (n, P, 2) = (log10_A, gamma)."""
+    phi = powerlaw_psd(freqs, rn[..., :1], rn[..., 1:]) / tspan  # (n, P, n_rn)
+    sq = jnp.sqrt(jnp.repeat(phi, 2, axis=-1))  # sin and cos share a variance
+    half_logdet, quad = _curn_terms(sq, FNF, FNr)
+    return 0.5 * quad - half_logdet
+
+
 class _RowBatched(eqx.Module):
     """A likelihood of one parameter vector that also evaluates many (`batch`)."""
 
@@ -399,6 +408,27 @@ class PTALikelihood(_RowBatched):
         if self.orf is None:
             return self._curn(phi_rn, phi_gw)
         return self._hd(phi_rn, phi_gw)
+
+    def noise_only_terms(self, rn: jax.Array) -> jax.Array:
+        """Each pulsar's term of ln L with the common process switched off (no SGWB at all).
+
+        Without the common process the likelihood factorises over pulsars, for CURN and HD
+        alike: ln L_0 = const + sum_a t_a(log10_A_a, gamma_a). This is the likelihood of the
+        noise-only model (see `ptaflow.noise_only`), set by the model, not by a parameter value.
+
+        Args:
+            rn: (n, n_psr, 2) per-pulsar red-noise (log10_A, gamma) at n points.
+
+        Returns:
+            (n, n_psr) terms t_a; `const` is the likelihood's constant.
+        """
+        return _noise_only_terms(self.FNF, self.FNr, self.freqs, self.tspan, rn)
+
+    def noise_only(self, theta_rn: jax.Array) -> jax.Array:
+        """ln L_0 of the noise-only model at red-noise parameters theta_rn, shape (2 n_psr,)
+        in theta's order ({psr}_red_noise_log10_A, {psr}_red_noise_gamma per pulsar)."""
+        terms = self.noise_only_terms(jnp.reshape(theta_rn, (1, self.n_psr, 2)))
+        return self.const + jnp.sum(terms)
 
     def _curn(self, phi_rn, phi_gw):
         phi = phi_rn.at[:, : self.n_gw].add(phi_gw[None, :])
