@@ -6,6 +6,8 @@ z-space density; the importance-weighted flow posterior must agree with it in ev
 marginal to within the Hellinger distance that sampling noise alone produces (the
 chi-square bound of `ptaflow.diagnostics.hellinger_noise_floor` at the two effective sample
 sizes), with a Pareto khat below 0.7. NeuTra chains must agree with NUTS the same way.
+The mass of the no-signal plateau of the common amplitude must equal its Savage-Dickey
+value from the exact noise-only evidence, in NUTS and in the defensive-mixture weights.
 The saved result must round-trip and the plots must be written.
 """
 
@@ -26,7 +28,7 @@ from ptaflow.inference import (
     nuts_baseline,
 )
 from ptaflow.plots import plot_corner
-from ptaflow.posterior import make_posterior
+from ptaflow.posterior import make_posterior, make_refit_posterior
 from ptaflow.results import load_posterior, save_posterior
 
 BINS = 20
@@ -103,8 +105,40 @@ def test_result_round_trip_and_plots(post, fit, nuts, tmp_path):
     assert png.stat().st_size > 10_000
 
 
+@pytest.mark.slow
+def test_no_signal_plateau_has_the_savage_dickey_mass(post, fit, nuts):
+    """Where the common process is undetectable its posterior density is pi(log10_A) Z_0 / Z
+    (Savage-Dickey), Z_0 the exact noise-only evidence. Half a decade above the prior's lower
+    bound (-18) the signal is far below these two pulsars' noise, so P(log10_A < -17.5) is
+    (0.5 / 7) Z_0 / Z there. NUTS and the defensive-mixture weights must both give it, within
+    4 of their standard errors (and the error of Z_0 / Z)."""
+    from numpyro.diagnostics import effective_sample_size
+
+    d = fit.diagnostics()
+    assert d["defensive_fraction"] == pytest.approx(0.05, abs=1e-3)
+    i = post.param_names.index("log10_A")
+    a, (lo, hi) = -17.5, post.prior.priors[i].bounds()[0]
+    ln_b, ln_b_err = d["log_bayes_factor_vs_noise_only"], d["log_bayes_factor_vs_noise_only_err"]
+    exact = (a - lo) / (hi - lo) * np.exp(-ln_b)
+    exact_err = exact * ln_b_err
+    below = (np.asarray(post.to_theta(nuts.samples))[..., i] < a).astype(float)
+    p_nuts = below.mean()
+    ess = float(effective_sample_size(below[..., None])[0])
+    se_nuts = np.sqrt(p_nuts * (1 - p_nuts) / ess)
+    assert abs(p_nuts - exact) < 4 * np.hypot(se_nuts, exact_err), (p_nuts, se_nuts, exact)
+    w = np.exp(fit.log_weights - fit.log_weights.max())
+    hit = fit.theta[:, i] < a
+    p_is = w[hit].sum() / w.sum()
+    se_is = np.sqrt(np.sum(w**2 * (hit - p_is) ** 2)) / w.sum()  # self-normalised IS
+    assert abs(p_is - exact) < 4 * np.hypot(se_is, exact_err), (p_is, se_is, exact)
+
+
 def test_fit_posterior_rejects_bad_input(post):
     with pytest.raises(ParameterError, match="Posterior"):
         fit_posterior(lambda z: 0.0)
     with pytest.raises(ParameterError, match="n_samples"):
         fit_posterior(post, n_samples=5)
+    with pytest.raises(ParameterError, match="defensive=1.0"):
+        fit_posterior(post, defensive=1.0)
+    with pytest.raises(ParameterError, match="refit-mode posterior has no red noise"):
+        fit_posterior(make_refit_posterior("powerlaw"), defensive=0.05)
