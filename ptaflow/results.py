@@ -322,6 +322,9 @@ class PosteriorResult:
         log_prior: (n_samples,) ln pi(theta), normalised prior density.
         log_weights: (n_samples,) unnormalised ln importance weights of flow samples,
             ln w = ln L + ln pi - ln q (-inf allowed), or None for equally weighted samples.
+            For a fit with a noise-only component (`ptaflow.inference.fit_posterior`) q is
+            the mixture's density, and only the first diagnostics["n_flow_draws"] samples
+            are the flow's own draws.
         diagnostics: JSON-able scalars (ESS, Pareto k, acceptance rate, ...).
         settings: the run's settings (flow, training, sampler options, seed).
         provenance: see `provenance()`.
