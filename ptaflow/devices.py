@@ -166,6 +166,21 @@ def map_rows(
     return jax.tree.map(lambda out: out[:n_rows], split(thetas))
 
 
+def fixed_chunks(fn: Callable, rows: np.ndarray, chunk: int) -> tuple[np.ndarray, ...]:
+    """fn on the rows of a host array in chunks of one shape (the last one padded with copies
+    of its first row, whose values are dropped), so that fn compiles once whatever the number
+    of rows. fn returns an array or a tuple of arrays with a leading row axis; the result is
+    always a tuple of host arrays."""
+    outs = []
+    for s in range(0, rows.shape[0], chunk):
+        block = rows[s : s + chunk]
+        n = block.shape[0]
+        padded = np.concatenate([block, np.repeat(block[:1], chunk - n, axis=0)])
+        out = fn(jnp.asarray(padded))
+        outs.append(tuple(np.asarray(o)[:n] for o in (out if isinstance(out, tuple) else (out,))))
+    return tuple(np.concatenate(parts) for parts in zip(*outs, strict=True))
+
+
 def release_compiled_code() -> None:
     """Free the compiled XLA executables that JAX has cached in this process.
 

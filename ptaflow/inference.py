@@ -27,8 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .devices import fixed_chunks
 from .diagnostics import importance_ess, max_hellinger, psis_khat, psis_khat_threshold
 from .errors import ParameterError
+from .evidence import estimate_evidence_importance
 from .flows import FitInfo, FlowConfig, TrainConfig, draw_with_log_q, fit_variational
 from .noise_only import NoiseOnlyPosterior, noise_only_posterior
 from .posterior import Posterior
@@ -62,18 +64,6 @@ def _parts(posterior: Posterior, z):
 @eqx.filter_jit
 def _flow_log_prob(flow, z):
     return jax.vmap(flow.log_prob)(z)
-
-
-def _chunked(fn, z: np.ndarray, chunk: int):
-    """fn on rows of z in chunks of one fixed shape (the last one padded): one compilation."""
-    outs = []
-    for s in range(0, z.shape[0], chunk):
-        block = z[s : s + chunk]
-        n = block.shape[0]
-        padded = np.concatenate([block, np.repeat(block[:1], chunk - n, axis=0)])
-        out = fn(jnp.asarray(padded))
-        outs.append(tuple(np.asarray(o)[:n] for o in (out if isinstance(out, tuple) else (out,))))
-    return tuple(np.concatenate(parts) for parts in zip(*outs, strict=True))
 
 
 def flow_draws(posterior: Posterior, flow, key, n: int, *, chunk: int = 4096):
@@ -124,8 +114,8 @@ def defensive_draws(
         raise ParameterError(f"n_noise={n_noise}: expected at least one noise-only draw")
     theta_0 = noise.sample_theta(key, n_noise)
     z_0 = np.asarray(posterior.to_unconstrained(jnp.asarray(theta_0)))
-    ll_0, lp_0 = _chunked(lambda z: _parts(posterior, z), z_0, chunk)
-    (log_q_f0,) = _chunked(lambda z: _flow_log_prob(flow, z), z_0, chunk)
+    ll_0, lp_0 = fixed_chunks(lambda z: _parts(posterior, z), z_0, chunk)
+    (log_q_f0,) = fixed_chunks(lambda z: _flow_log_prob(flow, z), z_0, chunk)
     z = np.concatenate([z_f, z_0])
     lp = np.concatenate([lp_f, lp_0])
     theta = np.asarray(posterior.to_theta(jnp.asarray(z)))
@@ -182,13 +172,10 @@ class PosteriorFit:
 
     @property
     def log_evidence(self) -> tuple[float, float]:
-        """ln Z by importance sampling and its standard error sqrt(1/ESS - 1/n) (see
-        `ptaflow.evidence.estimate_evidence_importance`; meaningful when khat < 0.7)."""
-        from scipy.special import logsumexp
-
-        n = self.z.shape[0]
-        log_z = float(logsumexp(self.log_weights) - np.log(n))
-        return log_z, float(np.sqrt(max(1.0 / self.ess - 1.0 / n, 0.0)))
+        """ln Z by importance sampling and its standard error sqrt(1/ESS - 1/n)
+        (`ptaflow.evidence.estimate_evidence_importance`; meaningful when khat < 0.7)."""
+        result = estimate_evidence_importance(self.log_target, self.log_q)
+        return result.log_evidence, result.log_evidence_err
 
     @property
     def theta(self) -> np.ndarray:

@@ -44,7 +44,9 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import logsumexp
 
+from .devices import fixed_chunks
 from .errors import ParameterError
+from .likelihood import _noise_only_terms
 
 __all__ = ["GridDensity2D", "grid_density_2d", "NoiseOnlyPosterior", "noise_only_posterior"]
 
@@ -253,8 +255,6 @@ def _red_noise_priors(posterior) -> list:
 
 @eqx.filter_jit
 def _pulsar_terms(likelihood, FNF, FNr, rn):
-    from .likelihood import _noise_only_terms
-
     return _noise_only_terms(FNF, FNr, likelihood.freqs, likelihood.tspan, rn[:, None, :])[:, 0]
 
 
@@ -288,16 +288,11 @@ def noise_only_posterior(
         FNF, FNr = like.FNF[a : a + 1], like.FNr[a : a + 1]
 
         def log_f(xy, FNF=FNF, FNr=FNr, prior_a=prior_a, prior_g=prior_g):
-            parts = []
-            for s in range(0, xy.shape[0], chunk):
-                block = xy[s : s + chunk]
-                n = block.shape[0]
-                # one shape for every call: a single compilation
-                rn = jnp.asarray(np.concatenate([block, np.repeat(block[:1], chunk - n, 0)]))
+            def terms(rn):
                 t = _pulsar_terms(like, FNF, FNr, rn)
-                t = t + prior_a.log_prob(rn[:, 0]) + prior_g.log_prob(rn[:, 1])
-                parts.append(np.asarray(t)[:n])
-            return np.concatenate(parts)
+                return t + prior_a.log_prob(rn[:, 0]) + prior_g.log_prob(rn[:, 1])
+
+            return fixed_chunks(terms, xy, chunk)[0]
 
         box = (priors[2 * a].bounds()[0], priors[2 * a + 1].bounds()[0])
         grids.append(grid_density_2d(log_f, box, n_grid=n_grid, n_coarse=n_coarse, cut=cut))
