@@ -350,9 +350,7 @@ def _curn_grads_lapack(sq, FNF, FNr):
     y = jnp.einsum("...ij,...j->...i", W, sq * FNr)
     x = jnp.einsum("...ji,...j->...i", W, y)
     half_logdet = jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
-    return (half_logdet, jnp.sum(y * y, axis=-1)) + _curn_grads_from(
-        sq, jnp.sum(W * W, axis=-2), x
-    )
+    return (half_logdet, jnp.sum(y * y, axis=-1)) + _curn_grads_from(sq, jnp.sum(W * W, axis=-2), x)
 
 
 def _curn_grads_cpu(sq, FNF, FNr):
@@ -383,9 +381,7 @@ def _curn_grads(sq, FNF, FNr):
     more parameter vectors. Its own derivatives (second order) are those of the LAPACK path."""
     if sq.shape[0] == 1:
         return _curn_grads_lapack(sq, FNF, FNr)
-    return jax.lax.platform_dependent(
-        sq, FNF, FNr, cpu=_curn_grads_cpu, default=_curn_grads_lapack
-    )
+    return jax.lax.platform_dependent(sq, FNF, FNr, cpu=_curn_grads_cpu, default=_curn_grads_lapack)
 
 
 _curn_grads.def_vmap(_fold_vmap(lambda *a: _curn_grads(*a), _curn_grads_lapack))
