@@ -226,3 +226,22 @@ def test_refit_gradient_batched_equals_single():
     single = np.stack([np.asarray(jax.grad(like)(t)) for t in thetas])
     np.testing.assert_allclose(batched, single, rtol=1e-13)
     assert np.all(np.abs(single) > 0)
+
+
+def test_hd_vmap_runs_in_padded_groups_with_the_same_numbers(likes10, monkeypatch):
+    like = likes10["hd"]
+    # 10 pulsars: 0.6 MB per coupled system, so this budget makes groups of 3: 3, 3, 3, 1 + 2 pad
+    monkeypatch.setattr(lk, "_HD_GROUP_BYTES", 3 * 8 * 280**2)
+    thetas = _draws(like, 10, seed=10)
+    thetas[4, 0] = np.nan  # stays in its row
+    fn = eqx.filter_jit(lambda lk_, t: jax.vmap(jax.value_and_grad(lk_))(t))
+    values, grads = (np.asarray(a) for a in fn(like, jnp.asarray(thetas)))
+    single = _jitted(jax.value_and_grad, like)
+    for i, theta in enumerate(thetas):
+        value, grad = single(jnp.asarray(theta))
+        if i == 4:
+            assert np.isnan(values[i]) and np.isnan(float(value))
+            continue
+        # the same arithmetic on a batch of 3 or of 1: summation order only
+        np.testing.assert_allclose(values[i], value, rtol=1e-12)
+        _assert_close_of_max(grads[i], grad)
