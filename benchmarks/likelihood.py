@@ -67,6 +67,10 @@ N_CHECK = 8  # prior draws on which ln L is compared with enterprise
 #: on a GPU, batched 10-pulsar CURN >= 2e6 and HD >= 3e5 evaluations per second.
 CPU_RATIO_TARGET = 50.0
 GPU_RATE_TARGET = {"curn": 2e6, "hd": 3e5}
+#: Batched value_and_grad: at most this many values' time (`grad_cost`, 10 pulsars, batch > 1),
+#: and on a GPU at least these rates.
+GRAD_COST_TARGET = 3.0
+GPU_GRAD_RATE_TARGET = {"curn": 5e5, "hd": 1.2e5}
 
 
 def _parse(argv):
@@ -471,6 +475,10 @@ class _Watch:
         self.args, self.pending, self.baselines, self.tmpdir = args, list(cases), baselines, tmpdir
         self.estimates, self.checks, self.attempts = {}, {}, {}
         self.device, self.failed = None, 0
+        self.value_rates = {}  # (correlation, n_psr, batch, devices) -> values per second
+        from ptaflow.results import _git_revision
+
+        self.commit, self.dirty = _git_revision()
 
     def run(self):
         while self.pending:
@@ -582,6 +590,11 @@ class _Watch:
         ent = base.get("enterprise_evals_per_s")
         ratio = rate / ent if rate and ent else None
         platform = (self.device or {}).get("platform")
+        same = (corr, n_psr, batch, state.get("n_devices", case.get("devices", 1)))
+        if mode == "value" and rate:
+            self.value_rates[same] = rate
+        value_rate = self.value_rates.get(same) if mode == "value_and_grad" else None
+        grad_cost = value_rate / rate if value_rate and rate else None
         target = meets = None
         if batch > 1 and mode == "value" and n_psr == 10:
             if platform == "cpu" and corr == "curn":
@@ -590,6 +603,13 @@ class _Watch:
             elif platform in ("gpu", "cuda"):
                 target = {"metric": "evals_per_s", "min": GPU_RATE_TARGET[corr]}
                 meets = None if rate is None else rate >= GPU_RATE_TARGET[corr]
+        elif batch > 1 and mode == "value_and_grad" and n_psr == 10:
+            if platform in ("gpu", "cuda"):
+                target = {"metric": "evals_per_s", "min": GPU_GRAD_RATE_TARGET[corr]}
+                meets = None if rate is None else rate >= GPU_GRAD_RATE_TARGET[corr]
+            else:
+                target = {"metric": "grad_cost", "max": GRAD_COST_TARGET}
+                meets = None if grad_cost is None else grad_cost <= GRAD_COST_TARGET
         check = self.checks.get((corr, n_psr), {})
         notes = [n for n in (state.get("note"), note) if n]
         row = {
@@ -602,6 +622,7 @@ class _Watch:
             "evals_per_s": rate,
             "enterprise_evals_per_s": ent,
             "ratio": ratio,
+            "grad_cost": grad_cost,
             "target": target,
             "meets_target": meets,
             "batch_timed": state.get("batch_timed") if n_rep else None,
@@ -624,6 +645,8 @@ class _Watch:
             "platform": platform,
             "jax_version": (self.device or {}).get("jax_version"),
             "ptaflow_version": (self.device or {}).get("ptaflow_version"),
+            "commit": self.commit,
+            "dirty": self.dirty,
             "blas_threads": (self.device or {}).get("blas_threads"),
             "x64": True,
             "n_rn": N_RN,
