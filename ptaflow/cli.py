@@ -50,6 +50,14 @@ def _add_compare_command(sub) -> None:
     p.add_argument("--steps", type=int, help="flow training: max steps")
     p.add_argument("--batch", type=int, help="flow training: samples per step")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument(
+        "--exact", choices=["imh", "neutra"], help="exact chains (default imh: independence MH)"
+    )
+    p.add_argument(
+        "--harmonic-flow",
+        choices=["posterior", "separate"],
+        help="harmonic-mean flow (default: posterior in refit mode, separate in full mode)",
+    )
     p.set_defaults(func=_run_compare)
 
 
@@ -60,7 +68,9 @@ def _run_compare(args) -> int:
 
     jax.config.update("jax_enable_x64", True)
     from .compare import CompareSettings, compare
+    from .profiling import use_compilation_cache
 
+    use_compilation_cache()  # PTAFLOW_JAX_CACHE=DIR or =off; default ~/.cache/ptaflow/jax
     pulsars = args.pulsars
     pulsars = int(pulsars[0]) if len(pulsars) == 1 and pulsars[0].isdigit() else tuple(pulsars)
     settings = CompareSettings(
@@ -70,6 +80,8 @@ def _run_compare(args) -> int:
         data=args.data,
         reference=args.reference,
         seed=args.seed,
+        exact=args.exact or "imh",
+        harmonic_flow=args.harmonic_flow,
     )
     train = settings.train
     if args.steps is not None:

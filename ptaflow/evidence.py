@@ -234,8 +234,9 @@ def estimate_evidence_importance(log_target, log_q, *, min_ess: float = 100.0) -
 # ---------------------------------------------------------------------------------------
 
 
-def _split(samples, log_target, chain_ids, n_blocks: int, train_fraction: float):
-    """Flatten the inputs and split them into training samples and evaluation blocks."""
+def _split(samples, log_target, chain_ids, n_blocks: int, train_fraction: float | None):
+    """Flatten the inputs and split them into training samples and evaluation blocks
+    (train_fraction None: no training part, every sample evaluates)."""
     x = np.asarray(samples, dtype=np.float64)
     lt = np.asarray(log_target, dtype=np.float64)
     if x.ndim == 3:
@@ -268,7 +269,7 @@ def _split(samples, log_target, chain_ids, n_blocks: int, train_fraction: float)
             f"log_target must be finite at every posterior sample, got "
             f"{int(np.sum(~np.isfinite(lt)))} non-finite values"
         )
-    if not 0.0 < train_fraction < 1.0:
+    if train_fraction is not None and not 0.0 < train_fraction < 1.0:
         raise ParameterError(f"train_fraction must lie in (0, 1), got {train_fraction}")
 
     if chain_ids is not None:
@@ -278,7 +279,10 @@ def _split(samples, log_target, chain_ids, n_blocks: int, train_fraction: float)
                 f"chain_ids must have shape ({x.shape[0]},), one id per sample, got {ids.shape}"
             )
         chains = list(dict.fromkeys(ids.tolist()))  # in order of first appearance
-        n_train_chains = min(max(round(train_fraction * len(chains)), 1), len(chains) - 1)
+        if train_fraction is None:
+            n_train_chains = 0
+        else:
+            n_train_chains = min(max(round(train_fraction * len(chains)), 1), len(chains) - 1)
         if len(chains) - n_train_chains < 2:
             raise ParameterError(
                 f"{len(chains)} chains leave {len(chains) - n_train_chains} for evaluation; the "
@@ -289,10 +293,10 @@ def _split(samples, log_target, chain_ids, n_blocks: int, train_fraction: float)
         blocks = [np.flatnonzero(ids == c) for c in chains[n_train_chains:]]
         return x[train_mask], x, lt, blocks
     n = x.shape[0]
-    n_train = round(train_fraction * n)
+    n_train = 0 if train_fraction is None else round(train_fraction * n)
     if int(n_blocks) != n_blocks or n_blocks < 2:
         raise ParameterError(f"n_blocks must be an integer >= 2, got {n_blocks!r}")
-    if n - n_train < n_blocks or n_train < 2:
+    if n - n_train < n_blocks or (train_fraction is not None and n_train < 2):
         raise ParameterError(
             f"{n} samples with train_fraction={train_fraction} leave {n_train} for training "
             f"and {n - n_train} for evaluation, fewer than n_blocks={n_blocks} (or < 2 to "
@@ -388,6 +392,17 @@ def _vmapped(fn, x):
     return jax.vmap(fn)(x)
 
 
+@eqx.filter_jit
+def _concentrated_log_prob(flow, x, temperature):
+    """ln of the flow with its standard-normal base replaced by N(0, T I), at the rows of x."""
+
+    def one(xi):
+        u, log_det = flow.bijection.inverse_and_log_det(xi)
+        return jnp.sum(jax.scipy.stats.norm.logpdf(u, 0.0, jnp.sqrt(temperature))) + log_det
+
+    return jax.vmap(one)(x)
+
+
 def _log_prob_chunked(flow, u: np.ndarray) -> np.ndarray:
     out = [
         np.asarray(_flow_log_prob(flow, jnp.asarray(u[i : i + _LOG_PROB_CHUNK])))
@@ -420,6 +435,7 @@ def estimate_evidence_harmonic(
     n_containment: int = 4000,
     min_ess: float = 200.0,
     min_blocks: float = 10.0,
+    flow: Transformed | None = None,
 ) -> EvidenceResult:
     """Evidence by the learned harmonic mean with a concentrated normalizing flow.
 
@@ -446,6 +462,14 @@ def estimate_evidence_harmonic(
        n_j / N, computed with logsumexp. Its variance is sum_j w_j (rho_j - rho)^2 /
        (n_eff - 1) with n_eff = N^2 / sum_j n_j^2 (the papers' formula), and the error on
        ln Z = -ln rho is sqrt(var) / rho.
+
+    With `flow` given (a normalised flowjax flow on the samples' space with a standard-normal
+    base, e.g. the variational posterior flow of `ptaflow.inference.fit_posterior`), steps 1-3
+    are skipped: that flow, concentrated to temperature T, is phi, and every sample (chain)
+    evaluates. The estimator stays valid as long as the samples are independent of how the
+    flow was trained (e.g. chains whose proposals are fresh draws of the flow); a flow that
+    matches the posterior well makes the terms nearly constant (for an exact flow their
+    relative variance is (2T - T^2)^(-n_dim/2) - 1, 0.5 % per dimension at T = 0.9).
 
     Reliability checks (each failing one adds a warning; numbers go to `diagnostics`):
     n_eff (blocks) < min_blocks; Kish ESS of the terms r_i < min_ess; Pareto khat of the
@@ -488,12 +512,15 @@ def estimate_evidence_harmonic(
             autoregressive flow costs n_dim sequential passes: ~n_dim times a log_prob).
         min_ess: Warn when the Kish ESS of the terms r_i is below this.
         min_blocks: Warn when n_eff (chains or blocks) is below this.
+        flow: Optional normalised flow to concentrate instead of fitting one (see above);
+            train_fraction, whiten and the flow and training options are then unused.
 
     Returns:
         EvidenceResult with method "harmonic". diagnostics: temperature, n_train, n_eval,
         n_blocks, n_eff_blocks, log_inverse_evidence, khat (of the terms), ess_fraction,
         log_ratio_min, log_ratio_max, log_ratio_range, log_ratio_upper_spread, flow_epochs,
-        flow_val_loss and, with log_target_fn, containment_fraction and containment_limit.
+        flow_val_loss (without `flow`) and, with log_target_fn, containment_fraction and
+        containment_limit.
 
     Raises:
         ParameterError: inconsistent shapes, non-finite inputs, too few samples or chains
@@ -504,12 +531,55 @@ def estimate_evidence_harmonic(
     if not temperature > 0:
         raise ParameterError(f"temperature must be positive, got {temperature}")
     x_train, x_all, lt_all, blocks = _split(
-        samples, log_target, chain_ids, n_blocks, train_fraction
+        samples, log_target, chain_ids, n_blocks, None if flow is not None else train_fraction
     )
     n_dim = x_all.shape[1]
+    eval_idx = np.concatenate(blocks)
+    x_eval = x_all[eval_idx]
+    lt_eval = lt_all[eval_idx]
+    key_flow, key_fit, key_check = jax.random.split(key, 3)
+    if flow is not None:
+        if not isinstance(flow, Transformed) or not isinstance(flow.base_dist, StandardNormal):
+            raise ParameterError(
+                f"flow={type(flow).__name__}: expected a flowjax Transformed flow with a "
+                "StandardNormal base (its base is what the temperature concentrates)"
+            )
+        if flow.shape != (n_dim,):
+            raise ParameterError(
+                f"flow has shape {flow.shape}; the samples have {n_dim} dimensions"
+            )
+        log_phi = np.concatenate(
+            [
+                np.asarray(
+                    _concentrated_log_prob(
+                        flow, jnp.asarray(x_eval[i : i + _LOG_PROB_CHUNK]), temperature
+                    ),
+                    dtype=np.float64,
+                )
+                for i in range(0, x_eval.shape[0], _LOG_PROB_CHUNK)
+            ]
+        )
+
+        def given_draws():  # for the containment check: x = bijection(u), u ~ N(0, T I)
+            u = jax.random.normal(key_check, (int(n_containment), n_dim)) * math.sqrt(temperature)
+            return _vmapped(flow.bijection.transform, u)
+
+        return _harmonic_result(
+            start,
+            log_phi,
+            lt_eval,
+            blocks,
+            temperature,
+            0,
+            {"flow": "given"},
+            min_ess,
+            min_blocks,
+            given_draws,
+            log_target_fn,
+            n_containment,
+        )
     shift, chol, log_jac = _standardisation(x_train, whiten)
     dtype = jnp.asarray(0.0).dtype  # float64 when the caller enabled it, else float32
-    key_flow, key_fit, key_check = jax.random.split(key, 3)
     config = (n_dim, int(flow_layers), int(nn_width), int(nn_depth), int(knots), float(interval))
     params = eqx.filter(_new_flow(key_flow, *config), eqx.is_inexact_array, is_leaf=_is_trainable)
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=dtype), params)
@@ -529,11 +599,47 @@ def estimate_evidence_harmonic(
     )
     scale = jnp.full((n_dim,), math.sqrt(temperature), dtype=dtype)
     phi = Transformed(Normal(jnp.zeros((n_dim,), dtype=dtype), scale), flow.bijection)
-
-    eval_idx = np.concatenate(blocks)
-    x_eval = x_all[eval_idx]
-    lt_eval = lt_all[eval_idx]
     log_phi = _log_prob_chunked(phi, _to_standard(x_eval, shift, chol)) - log_jac
+    fitted = {"flow_epochs": len(losses["val"]), "flow_val_loss": float(np.min(losses["val"]))}
+
+    def draws():  # for the containment check
+        u = np.asarray(_flow_sample(phi, key_check, int(n_containment)), dtype=np.float64)
+        return jnp.asarray(shift + u @ chol.T, dtype=dtype)
+
+    return _harmonic_result(
+        start,
+        log_phi,
+        lt_eval,
+        blocks,
+        temperature,
+        int(x_train.shape[0]),
+        fitted,
+        min_ess,
+        min_blocks,
+        draws,
+        log_target_fn,
+        n_containment,
+    )
+
+
+def _harmonic_result(
+    start,
+    log_phi,
+    lt_eval,
+    blocks,
+    temperature,
+    n_train,
+    extra,
+    min_ess,
+    min_blocks,
+    draws,
+    log_target_fn,
+    n_containment,
+) -> EvidenceResult:
+    """The learned-harmonic-mean estimate, its error and checks from ln phi at the evaluation
+    samples (in block order); draws() gives draws from phi for the containment check."""
+    if log_target_fn is not None and (int(n_containment) != n_containment or n_containment < 1):
+        raise ParameterError(f"n_containment must be a positive integer, got {n_containment}")
     log_ratio = log_phi - lt_eval
     if not np.all(np.isfinite(log_ratio)):
         raise ParameterError(
@@ -561,7 +667,7 @@ def estimate_evidence_harmonic(
     upper_spread = float(np.max(log_ratio) - np.median(log_ratio))
     diagnostics: dict[str, Any] = {
         "temperature": float(temperature),
-        "n_train": int(x_train.shape[0]),
+        "n_train": int(n_train),
         "n_eval": n_eval,
         "n_blocks": len(blocks),
         "n_eff_blocks": n_eff_blocks,
@@ -572,8 +678,7 @@ def estimate_evidence_harmonic(
         "log_ratio_max": float(np.max(log_ratio)),
         "log_ratio_range": float(np.ptp(log_ratio)),
         "log_ratio_upper_spread": upper_spread,
-        "flow_epochs": len(losses["val"]),
-        "flow_val_loss": float(np.min(losses["val"])),
+        **extra,
     }
     warnings: list[str] = []
     if n_eff_blocks < min_blocks:
@@ -601,11 +706,7 @@ def estimate_evidence_harmonic(
             "estimate; the flow is not contained in the posterior"
         )
     if log_target_fn is not None:
-        if int(n_containment) != n_containment or n_containment < 1:
-            raise ParameterError(f"n_containment must be a positive integer, got {n_containment}")
-        u = np.asarray(_flow_sample(phi, key_check, int(n_containment)), dtype=np.float64)
-        draws = jnp.asarray(shift + u @ chol.T, dtype=dtype)
-        lt_draws = np.asarray(_vmapped(log_target_fn, draws), dtype=np.float64)
+        lt_draws = np.asarray(_vmapped(log_target_fn, draws()), dtype=np.float64)
         lt_draws = np.where(np.isnan(lt_draws), -np.inf, lt_draws)
         level = float(np.quantile(lt_eval, _CONTAINMENT_QUANTILE))
         fraction = float(np.mean(lt_draws < level))

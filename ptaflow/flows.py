@@ -37,6 +37,7 @@ batch of flow draws, and so the likelihood evaluations that dominate its cost, o
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -56,8 +57,9 @@ from flowjax.distributions import StandardNormal, Transformed
 from flowjax.flows import coupling_flow, masked_autoregressive_flow
 from jax.sharding import NamedSharding, PartitionSpec
 
-from .devices import AXIS, check_devices, device_mesh, map_rows
+from .devices import AXIS, check_devices, device_mesh, fixed_chunks, map_rows
 from .errors import DataError, ParameterError
+from .profiling import PhaseTimes, _phase
 from .results import write_bytes_atomic
 
 __all__ = [
@@ -121,7 +123,8 @@ class TrainConfig:
     """Variational training options (defaults tuned once for NG15 10-pulsar CURN/HD, 22-D).
 
     Attributes:
-        max_steps: upper limit of optimisation steps.
+        max_steps: upper limit of reverse-KL optimisation steps (0: no reverse-KL stage; the
+            forward-KL refinement then trains the flow from its initial affine map).
         num_samples: flow samples per step (the ELBO batch).
         learning_rate: peak Adam learning rate; warm-up over `warmup_steps`, then cosine decay
             to `final_lr_fraction` x peak at `max_steps`.
@@ -150,6 +153,12 @@ class TrainConfig:
             Pareto-smoothed importance weights. A round costs `refine_pool` target values
             (no gradients) and `refine_steps` x `refine_batch` flow densities; a checkpoint
             is written after each.
+        refine_patience: stop the refinement early once the pools' importance ESS fraction
+            has not improved on its best for this many rounds (0: run all `refine_rounds`).
+        refine_target_ess: stop the refinement early once two consecutive pools reach this
+            importance ESS fraction (None: no such stop). With `max_steps=0` the rounds are
+            the whole training: for cheap low-dimensional targets (init="prior") the forward
+            KL fits the flow from its initial affine map without the target's gradient.
         devices: accelerators of this machine to split each step's `num_samples` flow draws
             over (data parallelism): None (default) trains on the default device; an int n
             uses the first n of `jax.local_devices()`, "all" every one of them. n must divide
@@ -191,13 +200,29 @@ class TrainConfig:
     refine_steps: int = 20
     refine_batch: int = 256
     refine_learning_rate: float = 1e-4
+    refine_patience: int = 0
+    refine_target_ess: float | None = None
     devices: int | str | None = None
 
     def __post_init__(self):
-        positive = ("max_steps", "num_samples", "learning_rate", "clip_norm", "patience")
+        positive = ("num_samples", "learning_rate", "clip_norm", "patience")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ParameterError(f"TrainConfig.{name}={getattr(self, name)} must be > 0")
+        if self.max_steps < 0:
+            raise ParameterError(f"TrainConfig.max_steps={self.max_steps} must be >= 0")
+        if self.max_steps == 0 and self.refine_rounds == 0:
+            raise ParameterError(
+                "TrainConfig.max_steps=0 and refine_rounds=0 train nothing; give either stage "
+                "some steps or rounds"
+            )
+        if self.refine_patience < 0:
+            raise ParameterError(f"TrainConfig.refine_patience={self.refine_patience} must be >= 0")
+        if self.refine_target_ess is not None and not 0 < self.refine_target_ess <= 1:
+            raise ParameterError(
+                f"TrainConfig.refine_target_ess={self.refine_target_ess}: expected a fraction "
+                "in (0, 1] or None"
+            )
         if not 0 < self.beta0 <= 1:
             raise ParameterError(f"TrainConfig.beta0={self.beta0}: expected 0 < beta0 <= 1")
         if not 0 < self.smoothing <= 1:
@@ -311,11 +336,20 @@ def make_flow(
     chol = jnp.linalg.cholesky(cov)
     if not bool(jnp.all(jnp.isfinite(chol))):
         raise ParameterError("cov is not a positive-definite covariance matrix")
+    if n_dim == 1 and config.family == "coupling":
+        raise ParameterError("a coupling flow needs n_dim >= 2; use family='maf'")
+    fresh = _new_flow(key, n_dim, config, loc, chol)
+    # Its arrays (parameters, and fixed ones such as the random permutations between layers),
+    # with the Python functions of one flow built earlier of this architecture.
+    return jax.tree.map(
+        lambda new, old: new if eqx.is_array(new) else old, fresh, _flow_functions(n_dim, config)
+    )
+
+
+def _new_flow(key, n_dim: int, config: FlowConfig, loc, chol) -> Transformed:
     base = StandardNormal((n_dim,))
     transformer = RationalQuadraticSpline(knots=config.knots, interval=config.interval)
     build = masked_autoregressive_flow if config.family == "maf" else coupling_flow
-    if n_dim == 1 and config.family == "coupling":
-        raise ParameterError("a coupling flow needs n_dim >= 2; use family='maf'")
     # invert=False: sampling (the ELBO's direction) is one pass; log_prob is the slow one.
     spline = build(
         key,
@@ -326,8 +360,19 @@ def make_flow(
         nn_depth=config.nn_depth,
         invert=False,
     )
-    affine = TriangularAffine(loc, chol)
-    return Transformed(base, Chain([spline.bijection, affine]))
+    return Transformed(base, Chain([spline.bijection, TriangularAffine(loc, chol)]))
+
+
+@functools.lru_cache(maxsize=32)
+def _flow_functions(n_dim: int, config: FlowConfig):
+    """A flow of one architecture, built once per process for its Python functions.
+
+    flowjax builds new Python closures into every flow, and JAX's compilation cache keys on
+    them: with one set of functions per (n_dim, architecture), the compiled training,
+    sampling and density functions serve every flow of that shape (e.g. every two-parameter
+    model of a comparison) instead of compiling again for each.
+    """
+    return _new_flow(jax.random.key(0), n_dim, config, jnp.zeros(n_dim), jnp.eye(n_dim))
 
 
 def laplace_approximation(
@@ -399,22 +444,37 @@ def _split_target(target) -> Callable:
     )
 
 
-def _schedule(config: TrainConfig):
-    decay = max(config.max_steps - config.warmup_steps, 1)
-    return optax.warmup_cosine_decay_schedule(
-        init_value=config.learning_rate * 0.1,
-        peak_value=config.learning_rate,
-        warmup_steps=max(config.warmup_steps, 1),
-        decay_steps=decay + max(config.warmup_steps, 1),
-        end_value=config.learning_rate * config.final_lr_fraction,
-    )
-
-
 def _optimizer(config: TrainConfig, learning_rate=None):
-    """Clipped Adam that skips non-finite updates; the rate defaults to the training schedule."""
-    rate = _schedule(config) if learning_rate is None else learning_rate
+    """Clipped Adam that skips non-finite updates; the rate defaults to the training schedule.
+
+    One optimizer object per setting and process: optax builds closures, which JAX's
+    compilation cache keys on, so equal settings must give the same object for the compiled
+    steps to be shared between fits.
+    """
+    if learning_rate is not None:
+        return _cached_optimizer(config.clip_norm, float(learning_rate))
+    schedule = (
+        config.learning_rate,
+        config.warmup_steps,
+        max(config.max_steps, 1),
+        config.final_lr_fraction,
+    )
+    return _cached_optimizer(config.clip_norm, schedule)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_optimizer(clip_norm: float, rate: float | tuple):
+    if isinstance(rate, tuple):
+        peak, warmup, max_steps, final = rate
+        rate = optax.warmup_cosine_decay_schedule(
+            init_value=peak * 0.1,
+            peak_value=peak,
+            warmup_steps=max(warmup, 1),
+            decay_steps=max(max_steps - warmup, 1) + max(warmup, 1),
+            end_value=peak * final,
+        )
     return optax.apply_if_finite(
-        optax.chain(optax.clip_by_global_norm(config.clip_norm), optax.adam(rate)),
+        optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(rate)),
         max_consecutive_errors=50,
     )
 
@@ -433,7 +493,7 @@ def _prior_init(key, target, config: TrainConfig):
     if not hasattr(target, "sample_prior"):
         raise ParameterError("TrainConfig.init='prior' needs a ptaflow Posterior as the target")
     z = target.to_unconstrained(target.sample_prior(key, config.prior_draws))
-    log_like = np.asarray(_tempered_parts(target, z)[0])
+    log_like = target_parts(target, np.asarray(z))[0]
     log_like = np.where(np.isfinite(log_like), log_like, -np.inf)
 
     def ess(beta):
@@ -457,9 +517,25 @@ def _prior_init(key, target, config: TrainConfig):
     return jnp.asarray(loc), jnp.asarray(cov), lo
 
 
+#: Rows per compiled target evaluation: every evaluation of a target at many points (prior
+#: draws, refinement pools, importance samples, chains) goes through one function of this
+#: shape, compiled once per target.
+TARGET_CHUNK = 4096
+
+
 @eqx.filter_jit
-def _tempered_parts(target, z):
+def _target_parts_chunk(target, z):
     return jax.vmap(_split_target(target))(z)
+
+
+def target_parts(target, z, *, chunk: int = TARGET_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """(tempered part, untempered part) of the target at the rows of z (host arrays).
+
+    For a `Posterior`, (ln L, ln pi + ln |det dtheta/dz|); for a function, (ln p, 0). Rows
+    go through one compiled function of `chunk` rows (the last chunk padded), so a target
+    compiles once whatever the number of points.
+    """
+    return fixed_chunks(lambda x: _target_parts_chunk(target, x), np.asarray(z), chunk)
 
 
 def _partition(flow):
@@ -524,35 +600,43 @@ def _pool_log_p(target, z, devices):
 
 
 @eqx.filter_jit
-def _refine_step(params, static, opt_state, z, optimizer, mesh):
-    """One maximum-likelihood step of the flow on points z resampled from p (forward KL).
+def _refine_steps(params, static, opt_state, batches, optimizer, mesh):
+    """Maximum-likelihood steps of the flow (forward KL), one per batch of points resampled
+    from p; batches: (n_steps, batch, n_dim), all steps in one compiled call.
 
-    With a mesh, each device takes an equal block of z and the gradients are averaged
-    across devices (explicit data parallelism: XLA's automatic partitioning of the flow's
-    autoregressive inverse pass was slower than one device on CPU).
+    With a mesh, each device takes an equal block of every batch and the gradients are
+    averaged across devices (explicit data parallelism: XLA's automatic partitioning of the
+    flow's autoregressive inverse pass was slower than one device on CPU).
     """
     REFINE_TRACES["count"] += 1  # runs only while tracing
 
     def loss_fn(p, x):
         return -jnp.mean(eqx.combine(p, static).log_prob(x))
 
-    if mesh is None:
-        loss, grads = eqx.filter_value_and_grad(loss_fn)(params, z)
-    else:
+    def value_and_grad(p, z):
+        if mesh is None:
+            return eqx.filter_value_and_grad(loss_fn)(p, z)
 
         def local(p, x):
             loss, grads = eqx.filter_value_and_grad(loss_fn)(p, x)
             return jax.lax.pmean((loss, grads), AXIS)
 
-        loss, grads = jax.shard_map(
+        return jax.shard_map(
             local,
             mesh=mesh,
             in_specs=(PartitionSpec(), PartitionSpec(AXIS)),
             out_specs=PartitionSpec(),
             check_vma=False,
-        )(params, z)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return eqx.apply_updates(params, updates), opt_state, loss
+        )(p, z)
+
+    def step(carry, z):
+        p, state = carry
+        loss, grads = value_and_grad(p, z)
+        updates, state = optimizer.update(grads, state, p)
+        return (eqx.apply_updates(p, updates), state), loss
+
+    (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), batches)
+    return params, opt_state, losses
 
 
 def _progress(total: int, initial: int, desc: str):
@@ -567,8 +651,11 @@ def _refine_round(key, params, static, target, opt_state, optimizer, config, mes
 
     key_pool, key_pick = jax.random.split(key)
     z, log_q = draw_with_log_q(eqx.combine(params, static), key_pool, config.refine_pool)
-    devices = None if mesh is None else mesh.size
-    log_w = np.asarray(_pool_log_p(target, z, devices)) - np.asarray(log_q)
+    if mesh is None:
+        log_p = sum(target_parts(target, z))
+    else:
+        log_p = np.asarray(_pool_log_p(target, z, mesh.size))
+    log_w = log_p - np.asarray(log_q)
     log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
     if not np.any(np.isfinite(log_w)):
         raise ParameterError("the target is not finite at any flow sample of a refinement pool")
@@ -580,9 +667,46 @@ def _refine_round(key, params, static, target, opt_state, optimizer, config, mes
         (config.refine_steps, config.refine_batch),
         p=jnp.asarray(prob / prob.sum()),
     )
-    for batch in z[picks]:
-        params, opt_state, _ = _refine_step(params, static, opt_state, batch, optimizer, mesh)
+    params, opt_state, _ = _refine_steps(params, static, opt_state, z[picks], optimizer, mesh)
     return params, opt_state, importance_ess(log_w) / config.refine_pool, khat
+
+
+def _refine_done(ess: list[float], config: TrainConfig) -> bool:
+    """Whether the refinement may stop before `refine_rounds` (see `TrainConfig`)."""
+    target = config.refine_target_ess
+    if target is not None and len(ess) >= 2 and min(ess[-2:]) >= target:
+        return True
+    patience = config.refine_patience
+    return patience > 0 and len(ess) > patience and max(ess[-patience:]) <= max(ess[:-patience])
+
+
+def _initial_flow(key_init, key_laplace, target, n_dim, flow_config, config, init_points):
+    """A new flow at the Laplace approximation or the tempered prior-draw moments; returns
+    (flow, the tempering beta the prior-draw start reached, 0 for Laplace)."""
+    beta_init = 0.0
+    if config.init == "prior":
+        loc, cov, beta_init = _prior_init(key_laplace, target, config)
+    else:
+        if init_points is None:
+            if hasattr(target, "sample_prior"):
+                init_points = target.to_unconstrained(
+                    target.sample_prior(key_laplace, config.laplace_starts)
+                )
+            else:
+                init_points = jax.random.normal(key_laplace, (config.laplace_starts, n_dim))
+        log_p = target.log_prob if hasattr(target, "log_prob_parts") else target
+        loc, cov, _ = laplace_approximation(
+            key_laplace, log_p, init_points, steps=config.laplace_steps
+        )
+        sd = jnp.sqrt(jnp.diag(cov))
+        scale = jnp.maximum(sd, config.init_min_sd) / sd
+        cov = cov * jnp.outer(scale, scale)
+    return make_flow(key_init, n_dim, config=flow_config, loc=loc, cov=cov), beta_init
+
+
+#: Training options added after checkpoints were first written, with their defaults: left out
+#: of a checkpoint's settings hash while at the default.
+_LATER_OPTIONS = {"refine_patience": 0, "refine_target_ess": None}
 
 
 def _config_hash(*parts: Any) -> str:
@@ -619,6 +743,7 @@ def fit_variational(
     checkpoint: str | pathlib.Path | None = None,
     progress: bool = True,
     callback: Callable[[int, float], None] | None = None,
+    timings: PhaseTimes | None = None,
 ) -> tuple[Transformed, FitInfo]:
     """Fit a flow to a posterior by minimising the reverse KL divergence.
 
@@ -637,6 +762,9 @@ def fit_variational(
             resume from when it exists with the same settings.
         progress: show a progress bar with the current loss.
         callback: called as callback(step, loss) after every step (e.g. logging).
+        timings: a `ptaflow.profiling.PhaseTimes` to record the phases in: "initialise"
+            (Laplace or prior-draw start), "train" (reverse KL; `steps`) and "refine"
+            (forward KL; `rounds`, `steps`).
 
     Returns:
         (trained flow on z, FitInfo).
@@ -655,8 +783,13 @@ def fit_variational(
             what="TrainConfig.devices",
             divides=("refine_batch", config.refine_batch),
         )
-    # Without `devices`, so that checkpoints resume on any device count (and old ones still do).
-    train_settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "devices"}
+    # Without `devices`, so that checkpoints resume on any device count, and without options
+    # added later while they keep their defaults (so that older checkpoints still resume).
+    train_settings = {
+        k: v
+        for k, v in dataclasses.asdict(config).items()
+        if k != "devices" and not (k in _LATER_OPTIONS and v == _LATER_OPTIONS[k])
+    }
     settings_hash = _config_hash(flow_config, train_settings, int(n_dim))
     ckpt_path = pathlib.Path(checkpoint) if checkpoint is not None else None
 
@@ -678,24 +811,10 @@ def fit_variational(
             # Skeleton only: the checkpoint supplies every parameter value.
             flow = make_flow(key_init, n_dim, config=flow_config)
         else:
-            if config.init == "prior":
-                loc, cov, beta_init = _prior_init(key_laplace, target, config)
-            else:
-                if init_points is None:
-                    if hasattr(target, "sample_prior"):
-                        init_points = target.to_unconstrained(
-                            target.sample_prior(key_laplace, config.laplace_starts)
-                        )
-                    else:
-                        init_points = jax.random.normal(key_laplace, (config.laplace_starts, n_dim))
-                log_p = target.log_prob if hasattr(target, "log_prob_parts") else target
-                loc, cov, _ = laplace_approximation(
-                    key_laplace, log_p, init_points, steps=config.laplace_steps
+            with _phase(timings, "initialise"):
+                flow, beta_init = _initial_flow(
+                    key_init, key_laplace, target, n_dim, flow_config, config, init_points
                 )
-                sd = jnp.sqrt(jnp.diag(cov))
-                scale = jnp.maximum(sd, config.init_min_sd) / sd
-                cov = cov * jnp.outer(scale, scale)
-            flow = make_flow(key_init, n_dim, config=flow_config, loc=loc, cov=cov)
     if flow.shape != (n_dim,):
         raise ParameterError(f"flow has shape {flow.shape}; expected ({n_dim},)")
 
@@ -763,56 +882,59 @@ def fit_variational(
         )
         write_bytes_atomic(ckpt_path, _pack(header, tree))
 
-    bar = None
-    if progress and stage == "variational":
-        bar = _progress(config.max_steps, step0, "flow fit")
-    step = step0
-    try:
-        while stage == "variational" and step < config.max_steps:
-            beta = _beta(config, step, beta_init)
-            params, opt_state, loss = _train_step(
-                params,
-                static,
-                target,
-                opt_state,
-                jax.random.fold_in(key_train, step),
-                jnp.asarray(beta),
-                optimizer,
-                config.num_samples,
-                sharding,
-            )
-            loss = float(loss)
-            step += 1
-            losses.append(loss)
-            betas.append(beta)
-            if not np.isfinite(loss):
-                skipped += 1
-            elif beta == 1.0:
-                # Exponential moving average started at zero and bias-corrected (as Adam's
-                # moments); patience counts only once it spans ~1/smoothing steps.
-                n_avg += 1
-                raw = (1 - config.smoothing) * raw + config.smoothing * loss
-                ema = raw / (1 - (1 - config.smoothing) ** n_avg)
-                if n_avg * config.smoothing >= 1.0:
-                    if ema < best - config.min_delta:
-                        since_best = 0
-                    else:
-                        since_best += 1
-                    if ema < best:
-                        best, best_params = ema, params
+    with _phase(timings, "train"):
+        bar = None
+        if progress and stage == "variational" and step0 < config.max_steps:
+            bar = _progress(config.max_steps, step0, "flow fit")
+        step = step0
+        try:
+            while stage == "variational" and step < config.max_steps:
+                beta = _beta(config, step, beta_init)
+                params, opt_state, loss = _train_step(
+                    params,
+                    static,
+                    target,
+                    opt_state,
+                    jax.random.fold_in(key_train, step),
+                    jnp.asarray(beta),
+                    optimizer,
+                    config.num_samples,
+                    sharding,
+                )
+                loss = float(loss)
+                step += 1
+                losses.append(loss)
+                betas.append(beta)
+                if not np.isfinite(loss):
+                    skipped += 1
+                elif beta == 1.0:
+                    # Exponential moving average started at zero and bias-corrected (as Adam's
+                    # moments); patience counts only once it spans ~1/smoothing steps.
+                    n_avg += 1
+                    raw = (1 - config.smoothing) * raw + config.smoothing * loss
+                    ema = raw / (1 - (1 - config.smoothing) ** n_avg)
+                    if n_avg * config.smoothing >= 1.0:
+                        if ema < best - config.min_delta:
+                            since_best = 0
+                        else:
+                            since_best += 1
+                        if ema < best:
+                            best, best_params = ema, params
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3f}", beta=f"{beta:.2f}")
+                if callback is not None:
+                    callback(step, loss)
+                if ckpt_path is not None and step % config.checkpoint_every == 0:
+                    save(step)
+                if since_best >= config.patience:
+                    converged = True
+                    break
+        finally:
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", beta=f"{beta:.2f}")
-            if callback is not None:
-                callback(step, loss)
-            if ckpt_path is not None and step % config.checkpoint_every == 0:
-                save(step)
-            if since_best >= config.patience:
-                converged = True
-                break
-    finally:
-        if bar is not None:
-            bar.close()
+                bar.close()
+    if timings is not None:
+        timings.count("train", steps=step - step0)
     if stage == "variational":
         # The parameters at the lowest smoothed loss: a run that drifted off after its best
         # point (e.g. into a likelihood plateau) does not return the drifted flow.
@@ -820,32 +942,37 @@ def fit_variational(
         stage, refine_state = "refine", refine_optimizer.init(params)
         if ckpt_path is not None:
             save(step)
-    bar = None
-    if progress and refine_round < config.refine_rounds:
-        bar = _progress(config.refine_rounds, refine_round, "flow refine")
-    try:
-        while refine_round < config.refine_rounds:
-            params, refine_state, ess, khat = _refine_round(
-                jax.random.fold_in(key_refine, refine_round),
-                params,
-                static,
-                target,
-                refine_state,
-                refine_optimizer,
-                config,
-                refine_mesh,
-            )
-            refine_round += 1
-            refine_ess.append(float(ess))
-            refine_khat.append(float(khat))
+    round0 = refine_round
+    with _phase(timings, "refine"):
+        bar = None
+        if progress and refine_round < config.refine_rounds:
+            bar = _progress(config.refine_rounds, refine_round, "flow refine")
+        try:
+            while refine_round < config.refine_rounds and not _refine_done(refine_ess, config):
+                params, refine_state, ess, khat = _refine_round(
+                    jax.random.fold_in(key_refine, refine_round),
+                    params,
+                    static,
+                    target,
+                    refine_state,
+                    refine_optimizer,
+                    config,
+                    refine_mesh,
+                )
+                refine_round += 1
+                refine_ess.append(float(ess))
+                refine_khat.append(float(khat))
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(ess=f"{ess:.2f}", khat=f"{khat:.2f}")
+                if ckpt_path is not None:
+                    save(step)
+        finally:
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(ess=f"{ess:.2f}", khat=f"{khat:.2f}")
-            if ckpt_path is not None:
-                save(step)
-    finally:
-        if bar is not None:
-            bar.close()
+                bar.close()
+    if timings is not None:
+        rounds = refine_round - round0
+        timings.count("refine", rounds=rounds, steps=rounds * config.refine_steps)
     info = FitInfo(
         losses=np.asarray(losses),
         betas=np.asarray(betas),

@@ -31,9 +31,18 @@ from .devices import fixed_chunks
 from .diagnostics import importance_ess, max_hellinger, psis_khat, psis_khat_threshold
 from .errors import ParameterError
 from .evidence import estimate_evidence_importance
-from .flows import FitInfo, FlowConfig, TrainConfig, draw_with_log_q, fit_variational
+from .flows import (
+    TARGET_CHUNK,
+    FitInfo,
+    FlowConfig,
+    TrainConfig,
+    draw_with_log_q,
+    fit_variational,
+    target_parts,
+)
 from .noise_only import NoiseOnlyPosterior, noise_only_posterior
 from .posterior import Posterior
+from .profiling import PhaseTimes, _phase
 from .results import PosteriorResult, provenance, serialise_flow
 from .sampling import McmcResult, importance_resample, run_neutra, run_nuts
 
@@ -57,22 +66,17 @@ DEFENSIVE_FRACTION = 0.05
 
 
 @eqx.filter_jit
-def _parts(posterior: Posterior, z):
-    return jax.vmap(posterior.log_prob_parts)(z)
-
-
-@eqx.filter_jit
 def _flow_log_prob(flow, z):
     return jax.vmap(flow.log_prob)(z)
 
 
-def flow_draws(posterior: Posterior, flow, key, n: int, *, chunk: int = 4096):
+def flow_draws(posterior: Posterior, flow, key, n: int, *, chunk: int = TARGET_CHUNK):
     """n flow samples z with ln q, ln L and ln pi + ln|J| (host arrays), in fixed-size chunks."""
     zs, log_qs, lls, lps = [], [], [], []
     n_chunks = -(-n // chunk)
     for i in range(n_chunks):
         z, log_q = draw_with_log_q(flow, jax.random.fold_in(key, i), chunk)
-        ll, lp = _parts(posterior, z)
+        ll, lp = target_parts(posterior, z, chunk=chunk)
         zs.append(np.asarray(z))
         log_qs.append(np.asarray(log_q))
         lls.append(np.asarray(ll))
@@ -89,7 +93,7 @@ def defensive_draws(
     key,
     n_noise: int,
     *,
-    chunk: int = 4096,
+    chunk: int = TARGET_CHUNK,
 ):
     """Flow draws joined by n_noise draws of the noise-only component, with mixture densities.
 
@@ -114,7 +118,7 @@ def defensive_draws(
         raise ParameterError(f"n_noise={n_noise}: expected at least one noise-only draw")
     theta_0 = noise.sample_theta(key, n_noise)
     z_0 = np.asarray(posterior.to_unconstrained(jnp.asarray(theta_0)))
-    ll_0, lp_0 = fixed_chunks(lambda z: _parts(posterior, z), z_0, chunk)
+    ll_0, lp_0 = target_parts(posterior, z_0, chunk=chunk)
     (log_q_f0,) = fixed_chunks(lambda z: _flow_log_prob(flow, z), z_0, chunk)
     z = np.concatenate([z_f, z_0])
     lp = np.concatenate([lp_f, lp_0])
@@ -277,6 +281,7 @@ def fit_posterior(
     defensive: float | None = None,
     checkpoint=None,
     progress: bool = True,
+    timings: PhaseTimes | None = None,
 ) -> PosteriorFit:
     """Train a flow on the posterior and draw importance-weighted samples from it.
 
@@ -290,6 +295,8 @@ def fit_posterior(
             (which has no red noise). 0 weights flow draws alone.
         checkpoint: training checkpoint file (resumes when present).
         progress: show the training progress bar.
+        timings: a `ptaflow.profiling.PhaseTimes` to record the phases in: those of
+            `fit_variational`, then "samples" (the importance samples and their target values).
     """
     if not isinstance(posterior, Posterior):
         raise ParameterError(
@@ -319,13 +326,15 @@ def fit_posterior(
         config=train_config,
         checkpoint=checkpoint,
         progress=progress,
+        timings=timings,
     )
-    parts = flow_draws(posterior, flow, key_draw, n_samples - n_noise)
-    noise = None
-    if n_noise:
-        noise = noise_only_posterior(posterior)
-        key_noise = jax.random.fold_in(key_draw, 2**31 - 1)
-        parts = defensive_draws(posterior, flow, noise, parts, key_noise, n_noise)
+    with _phase(timings, "samples"):
+        parts = flow_draws(posterior, flow, key_draw, n_samples - n_noise)
+        noise = None
+        if n_noise:
+            noise = noise_only_posterior(posterior)
+            key_noise = jax.random.fold_in(key_draw, 2**31 - 1)
+            parts = defensive_draws(posterior, flow, noise, parts, key_noise, n_noise)
     z, log_q, ll, lp = parts
     return PosteriorFit(
         posterior=posterior,

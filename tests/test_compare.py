@@ -135,10 +135,17 @@ def test_settings_and_model_lists_are_validated():
         CompareSettings(temperature=1.2)
     with pytest.raises(ParameterError, match="exact"):
         CompareSettings(exact="smc")
+    with pytest.raises(ParameterError, match="harmonic_flow"):
+        CompareSettings(harmonic_flow="new")
+    refit, full = CompareSettings(), CompareSettings(mode="full")
+    assert (refit.harmonic_flow, refit.temperature) == ("posterior", 0.5)
+    assert (full.harmonic_flow, full.temperature) == ("separate", 0.9)
+    assert refit.train.max_steps == 0 and full.train.max_steps > 0
 
 
 @pytest.mark.slow
-def test_cli_compare_reports_and_exits_zero(tmp_path, capsys):
+def test_cli_compare_reports_and_exits_zero(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PTAFLOW_JAX_CACHE", "off")  # the test never writes the user's cache
     code = main(["compare", "powerlaw", "--reference", "powerlaw", "--out", str(tmp_path)])
     assert code == 0
     text = capsys.readouterr().out

@@ -233,6 +233,35 @@ def test_harmonic_uniform_prior_in_unconstrained_space():
     assert result.ok, result.warnings
 
 
+def test_harmonic_with_a_given_flow():
+    # phi is a flow fitted to draws independent of the evaluation samples (as the posterior
+    # flow is of the exact chains drawn afterwards); concentrated to T = 0.5 it is contained.
+    from ptaflow.flows import FlowConfig, fit_to_samples
+
+    problem = correlated_gaussian(2)
+    rng = np.random.default_rng(45)
+    train, _ = problem.draw(rng, N_2D)
+    flow, _ = fit_to_samples(
+        jax.random.key(3), train, flow_config=FlowConfig(family="coupling", flow_layers=2)
+    )
+    x, log_target = problem.draw(rng, N_2D)
+    result = estimate_evidence_harmonic(
+        jax.random.key(0),
+        x,
+        log_target,
+        temperature=0.5,
+        flow=flow,
+        log_target_fn=problem.log_target_fn(),
+    )
+    _assert_within_3_sigma(result, problem.log_evidence)
+    assert result.ok, result.warnings
+    assert result.n_samples == N_2D and result.diagnostics["n_train"] == 0
+    with pytest.raises(ParameterError, match="dimensions"):
+        estimate_evidence_harmonic(jax.random.key(0), x[:, :1], log_target, flow=flow)
+    with pytest.raises(ParameterError, match="StandardNormal"):
+        estimate_evidence_harmonic(jax.random.key(0), x, log_target, flow=flow.bijection)
+
+
 def test_harmonic_too_wide_flow_is_flagged():
     # T = 3 makes phi wider than the posterior: for a Gaussian, phi/posterior ~
     # exp(|u|^2 (1 - 1/T)/2), a tail shape 1 - 1/T = 2/3 > 1/2 (infinite variance), and a

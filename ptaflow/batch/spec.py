@@ -97,6 +97,7 @@ _EVIDENCE_KEYS = (
     "n_per_chain",
     "neutra_warmup",
     "temperature",
+    "harmonic_flow",
 )
 
 
@@ -471,14 +472,15 @@ def _parse_executor(raw: Any) -> ExecutorSpec:
 
 def _settings(job: JobSpec, ds: DatasetSpec, correlation: str, variant: VariantSpec, seed: int):
     """The CompareSettings of one task (validated by the dataclasses themselves)."""
-    from ..compare import CompareSettings
+    from ..compare import REFIT_FLOW, REFIT_TRAIN, CompareSettings
     from ..flows import FlowConfig, TrainConfig
 
     where = f"data set {ds.name!r}, variant {variant.name!r}"
-    base_train = TrainConfig(init="prior") if ds.mode == "refit" else TrainConfig()
+    base_train = REFIT_TRAIN if ds.mode == "refit" else TrainConfig()
+    base_flow = REFIT_FLOW if ds.mode == "refit" else FlowConfig()
     try:
         train = dataclasses.replace(base_train, **{**job.train, **variant.train})
-        flow = FlowConfig(**{**job.flow, **variant.flow})
+        flow = dataclasses.replace(base_flow, **{**job.flow, **variant.flow})
         return CompareSettings(
             mode=ds.mode,
             correlation=correlation,
