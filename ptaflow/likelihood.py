@@ -436,7 +436,7 @@ def _curn_terms_jvp(primals, tangents):
 
 # --- HD: per-pulsar Schur complement of the uncoupled frequencies, one coupled system ---------
 #
-# ln L = 1/2 r^T S^-1 r - 1/2 ln det Phi - 1/2 ln det S with S = Phi^-1 + FNF (DESIGN.md). Its
+# ln L = 1/2 r^T S^-1 r - 1/2 ln det Phi - 1/2 ln det S with S = Phi^-1 + FNF (see above). Its
 # derivative with respect to the prior covariance is the Gaussian identity
 #     d ln L / d Phi = 1/2 Phi^-1 [Sigma + mu mu^T - Phi] Phi^-1,
 # Sigma = S^-1 and mu = Sigma r the coefficients' posterior covariance and mean. The gradient
