@@ -160,10 +160,12 @@ def _settings(args):
         reference=args.reference,
         seed=args.seed,
     )
+    from ptaflow.flows import TrainConfig
+
     train = settings.train
     for name, value in (("max_steps", args.max_steps), ("refine_rounds", args.refine_rounds)):
         if value is not None:
-            train = dataclasses.replace(train, **{name: value})
+            train = dataclasses.replace(train or TrainConfig(init="prior"), **{name: value})
     changes = {"train": train}
     if args.n_flow_samples is not None:
         changes["n_flow_samples"] = args.n_flow_samples
@@ -290,7 +292,7 @@ def _model_case(args, compiles) -> dict:
                 jax.random.key(seed + 2),
                 chains.samples,
                 chains.log_prob,
-                temperature=settings.temperature,
+                temperature=settings.temperature or 0.9,
             ),
         )
         with tempfile.TemporaryDirectory() as tmp:
@@ -373,7 +375,7 @@ def main(argv=None) -> int:
     jax.config.update("jax_enable_x64", True)
     if args.cache_dir:
         jax.config.update("jax_compilation_cache_dir", args.cache_dir)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.05)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     import ptaflow
 

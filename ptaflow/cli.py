@@ -68,6 +68,7 @@ def _run_compare(args) -> int:
 
     jax.config.update("jax_enable_x64", True)
     from .compare import CompareSettings, compare
+    from .flows import TrainConfig
     from .profiling import use_compilation_cache
 
     use_compilation_cache()  # PTAFLOW_JAX_CACHE=DIR or =off; default ~/.cache/ptaflow/jax
@@ -83,7 +84,11 @@ def _run_compare(args) -> int:
         exact=args.exact or "imh",
         harmonic_flow=args.harmonic_flow,
     )
+    # --steps / --batch ask for a reverse-KL stage (refit mode's default has none for one
+    # or two parameters): they then apply to every model.
     train = settings.train
+    if train is None and (args.steps is not None or args.batch is not None):
+        train = TrainConfig(init="prior")
     if args.steps is not None:
         train = dataclasses.replace(train, max_steps=args.steps)
     if args.batch is not None:

@@ -19,7 +19,7 @@ import pytest
 from scipy.special import logsumexp
 
 from ptaflow.cli import main
-from ptaflow.compare import CompareSettings, compare, resolve_models
+from ptaflow.compare import CompareSettings, compare, model_configs, resolve_models
 from ptaflow.errors import ParameterError
 from ptaflow.nested import nested_sampling_evidence
 from ptaflow.posterior import make_refit_posterior
@@ -138,9 +138,12 @@ def test_settings_and_model_lists_are_validated():
     with pytest.raises(ParameterError, match="harmonic_flow"):
         CompareSettings(harmonic_flow="new")
     refit, full = CompareSettings(), CompareSettings(mode="full")
-    assert (refit.harmonic_flow, refit.temperature) == ("posterior", 0.5)
     assert (full.harmonic_flow, full.temperature) == ("separate", 0.9)
-    assert refit.train.max_steps == 0 and full.train.max_steps > 0
+    assert refit.train is None and full.train.max_steps > 0
+    train, flow, harmonic, temperature = model_configs(refit, 2)
+    assert train.max_steps == 0 and (harmonic, temperature) == ("posterior", 0.5)
+    assert model_configs(refit, 1)[1].family == "maf"
+    assert model_configs(refit, 3)[0].max_steps and model_configs(refit, 3)[2:] == ("separate", 0.9)
 
 
 @pytest.mark.slow

@@ -98,8 +98,8 @@ def task_from_dict(d: dict) -> Task:
     from ..flows import FlowConfig, TrainConfig
 
     s = dict(d["settings"])
-    s["train"] = TrainConfig(**s["train"])
-    s["flow"] = FlowConfig(**s["flow"])
+    s["train"] = TrainConfig(**s["train"]) if s["train"] is not None else None
+    s["flow"] = FlowConfig(**s["flow"]) if s["flow"] is not None else None
     if isinstance(s.get("pulsars"), list):
         s["pulsars"] = tuple(s["pulsars"])
     fields = {f.name for f in dataclasses.fields(Task)} - {"settings"}

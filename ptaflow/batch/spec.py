@@ -472,15 +472,18 @@ def _parse_executor(raw: Any) -> ExecutorSpec:
 
 def _settings(job: JobSpec, ds: DatasetSpec, correlation: str, variant: VariantSpec, seed: int):
     """The CompareSettings of one task (validated by the dataclasses themselves)."""
-    from ..compare import REFIT_FLOW, REFIT_TRAIN, CompareSettings
+    from ..compare import CompareSettings
     from ..flows import FlowConfig, TrainConfig
 
     where = f"data set {ds.name!r}, variant {variant.name!r}"
-    base_train = REFIT_TRAIN if ds.mode == "refit" else TrainConfig()
-    base_flow = REFIT_FLOW if ds.mode == "refit" else FlowConfig()
+    base_train = TrainConfig(init="prior") if ds.mode == "refit" else TrainConfig()
+    train_opts, flow_opts = {**job.train, **variant.train}, {**job.flow, **variant.flow}
     try:
-        train = dataclasses.replace(base_train, **{**job.train, **variant.train})
-        flow = dataclasses.replace(base_flow, **{**job.flow, **variant.flow})
+        # Refit mode without [train] / [flow] options: the defaults by model dimension
+        # (`ptaflow.compare.refit_configs`).
+        refit = ds.mode == "refit"
+        train = None if refit and not train_opts else dataclasses.replace(base_train, **train_opts)
+        flow = None if refit and not flow_opts else FlowConfig(**flow_opts)
         return CompareSettings(
             mode=ds.mode,
             correlation=correlation,
