@@ -159,7 +159,7 @@ def main(argv=None) -> int:
         post = comparison_posterior(o.name, settings)
         seed = args.seed + 1000 * (i + 1) if baseline == "nuts" else args.seed
         if baseline == "nuts":
-            base[o.name] = _nuts_evidence(post, args, seed, settings.temperature)
+            base[o.name] = _nuts_evidence(post, args, seed, settings.temperature or 0.9)
         else:
             base[o.name] = _dynesty_evidence(post, args, seed)
     ref = base[args.reference]
