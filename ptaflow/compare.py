@@ -46,6 +46,7 @@ from .evidence import estimate_evidence_harmonic, estimate_evidence_importance
 from .flows import FlowConfig, TrainConfig
 from .inference import PosteriorFit, fit_posterior, independence_samples, neutra_samples
 from .models import PRESETS, SourceModel, load_model
+from .noise_only import NoiseOnlyPosterior
 from .posterior import Posterior, make_posterior, make_refit_posterior, select_reduced
 from .profiling import PhaseTimes
 from .results import (
@@ -449,6 +450,7 @@ def _run_model(
     key: str,
     say: Callable[[str], None],
     timings: PhaseTimes,
+    noise_only: NoiseOnlyPosterior | None = None,
 ) -> tuple[ModelOutcome, PosteriorFit]:
     t0 = time.perf_counter()
     seed = _model_seed(settings.seed, model.name)
@@ -464,6 +466,7 @@ def _run_model(
         n_samples=settings.n_flow_samples,
         progress=True,
         timings=timings,
+        noise_only=noise_only,
     )
     diverged = fit.info.steps > 0 and not np.isfinite(fit.info.final_loss)
     if diverged or fit.ess < 1:
@@ -553,6 +556,7 @@ def evaluate_model(
     key: str | None = None,
     log: Callable[[str], None] | None = None,
     timings: PhaseTimes | None = None,
+    noise_only: NoiseOnlyPosterior | None = None,
 ) -> ModelRun:
     """Fit one model's posterior and estimate its evidence twice, as `compare` does per model.
 
@@ -567,6 +571,9 @@ def evaluate_model(
         log: progress messages (stage, diagnostics); None for silence.
         timings: a `ptaflow.profiling.PhaseTimes` to record this model's phases in (a new
             one when None); the outcome's `phase_times` holds them either way.
+        noise_only: full mode: the noise-only model of the same data and red-noise priors
+            from an earlier model (`ModelRun.fit.noise_only`), reused instead of recomputed
+            (see `ptaflow.inference.fit_posterior`).
     """
     say = log or (lambda _msg: None)
     timings = PhaseTimes() if timings is None else timings
@@ -577,7 +584,7 @@ def evaluate_model(
         return ModelRun(ModelOutcome(name=str(model), status="failed", reason=str(exc)))
     key = key if key is not None else model_key(model, settings)
     try:
-        outcome, fit = _run_model(model, settings, key, say, timings)
+        outcome, fit = _run_model(model, settings, key, say, timings, noise_only)
     except (PtaflowError, FloatingPointError, ValueError, np.linalg.LinAlgError) as exc:
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
         say(f"failed: {reason}")
@@ -640,6 +647,7 @@ def compare(
     data_id = data_identity(settings)
     outcomes: list[ModelOutcome] = []
     fits: dict[str, PosteriorFit] = {}
+    noise_only = None  # full mode: the models share the noise-only model of their data
     for i, name in enumerate(names, 1):
 
         def say(msg, _i=i, _name=name):
@@ -658,13 +666,16 @@ def compare(
             outcomes.append(done)
             continue
         timings = PhaseTimes()
-        run = evaluate_model(model, settings, key=key, log=say, timings=timings)
+        run = evaluate_model(
+            model, settings, key=key, log=say, timings=timings, noise_only=noise_only
+        )
         if settings.mode == "full":
             # Full mode shares no compiled code between models (the flow's training step
             # holds the model's likelihood); refit mode keeps the flow code for the next.
             release_compiled_code()
         if run.fit is not None:
             fits[model.name] = run.fit
+            noise_only = run.fit.noise_only or noise_only
         if record is not None and run.fit is not None:
             with timings.phase("write"):
                 h5 = out / "models" / f"{model.name}.h5"

@@ -282,6 +282,7 @@ def fit_posterior(
     checkpoint=None,
     progress: bool = True,
     timings: PhaseTimes | None = None,
+    noise_only: NoiseOnlyPosterior | None = None,
 ) -> PosteriorFit:
     """Train a flow on the posterior and draw importance-weighted samples from it.
 
@@ -297,6 +298,10 @@ def fit_posterior(
         progress: show the training progress bar.
         timings: a `ptaflow.profiling.PhaseTimes` to record the phases in: those of
             `fit_variational`, then "samples" (the importance samples and their target values).
+        noise_only: the noise-only model of the same pulsars, data and red-noise priors, if
+            already computed (e.g. `fit.noise_only` of another SGWB model's fit): it is
+            re-bound to this posterior (`NoiseOnlyPosterior.for_posterior`, which checks that
+            it matches) instead of integrated again.
     """
     if not isinstance(posterior, Posterior):
         raise ParameterError(
@@ -332,7 +337,10 @@ def fit_posterior(
         parts = flow_draws(posterior, flow, key_draw, n_samples - n_noise)
         noise = None
         if n_noise:
-            noise = noise_only_posterior(posterior)
+            if noise_only is None:
+                noise = noise_only_posterior(posterior)
+            else:
+                noise = noise_only.for_posterior(posterior)
             key_noise = jax.random.fold_in(key_draw, 2**31 - 1)
             parts = defensive_draws(posterior, flow, noise, parts, key_noise, n_noise)
     z, log_q, ll, lp = parts

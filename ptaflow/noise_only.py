@@ -222,6 +222,42 @@ class NoiseOnlyPosterior:
             out = self.log_prob_rn(theta) - self.log_prior_rn(theta) + np.asarray(log_prior_z)
         return np.where(np.isnan(out), -np.inf, out)
 
+    def for_posterior(self, posterior) -> NoiseOnlyPosterior:
+        """The same noise-only model for another full-mode posterior of the same data.
+
+        The noise-only model depends on the pulsars' reduced data and their red-noise priors,
+        not on the common process, so the SGWB models of one comparison share it: this re-binds
+        it (for `log_q_z`, `sample_theta`) to `posterior` without recomputing the grids.
+
+        Raises:
+            ParameterError: `posterior` differs in its pulsars, red-noise frequencies, data or
+                red-noise priors.
+        """
+        if getattr(posterior, "mode", None) != "full":
+            raise ParameterError(
+                f"posterior {posterior!r}: the noise-only model needs a full-mode posterior"
+            )
+        ours, theirs = self.posterior.likelihood, posterior.likelihood
+        same = ours.psr_names == theirs.psr_names and all(
+            np.array_equal(np.asarray(getattr(ours, f)), np.asarray(getattr(theirs, f)))
+            for f in ("FNF", "FNr", "const", "freqs", "tspan")
+        )
+        if not same:
+            raise ParameterError(
+                "the noise-only model was computed for other pulsars or data ("
+                f"{', '.join(ours.psr_names)}; {ours.FNF.shape[1] // 2} red-noise frequencies); "
+                "compute it for this posterior with noise_only_posterior(posterior)"
+            )
+        pairs = zip(_red_noise_priors(self.posterior), _red_noise_priors(posterior), strict=True)
+        for a, b in pairs:
+            if a.describe() != b.describe():
+                raise ParameterError(
+                    f"red-noise prior {b.describe()} differs from the noise-only model's "
+                    f"{a.describe()}; compute it for this posterior with "
+                    "noise_only_posterior(posterior)"
+                )
+        return dataclasses.replace(self, posterior=posterior)
+
     def sample_theta(self, key, m: int) -> np.ndarray:
         """m draws of theta, (m, n_dim): red noise from the noise-only posterior, the common
         process's parameters from their prior."""

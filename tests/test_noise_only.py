@@ -35,6 +35,7 @@ from scipy import integrate, special, stats
 from ptaflow.errors import ParameterError
 from ptaflow.noise_only import grid_density_2d, noise_only_posterior
 from ptaflow.posterior import make_posterior, make_refit_posterior
+from ptaflow.priors import Uniform
 
 # Correlated 2-D Gaussian of the grid tests.
 MU = np.array([0.3, -1.2])
@@ -434,3 +435,36 @@ def test_log_q_z_integrates_to_one(post2, noise2):
     assert abs(mean - 1.0) < 4 * se, (mean, se)  # 4 se: ~6e-5 false-alarm chance
     # A wrong width or Jacobian factor (a factor 7 at least) would be off by >> 4 se.
     assert se < 0.03
+
+
+def test_noise_only_model_is_shared_by_sgwb_models_of_the_same_data(post2, noise2):
+    other = make_posterior(model="smbhb", pulsars=2, correlation="hd", n_rn=5, n_gw=3)
+    fresh = noise_only_posterior(other)
+    shared = noise2.for_posterior(other)
+    assert shared.posterior is other
+    assert shared.log_evidence == fresh.log_evidence
+    z = other.to_unconstrained(other.sample_prior(jax.random.key(11), 16))
+    theta = np.asarray(other.to_theta(z))
+    log_prior_z = np.asarray(jax.vmap(lambda x: other.log_prob_parts(x)[1])(z))
+    # the same grids evaluated at the same points: identical numbers
+    np.testing.assert_array_equal(
+        shared.log_q_z(theta, log_prior_z), fresh.log_q_z(theta, log_prior_z)
+    )
+    draws = shared.sample_theta(jax.random.key(12), 8)
+    np.testing.assert_array_equal(draws, fresh.sample_theta(jax.random.key(12), 8))
+
+
+def test_noise_only_model_refuses_other_data(noise2):
+    more = make_posterior(model="powerlaw", pulsars=3, correlation="curn", n_rn=5, n_gw=3)
+    with pytest.raises(ParameterError, match="other pulsars or data"):
+        noise2.for_posterior(more)
+    narrower = make_posterior(
+        model="powerlaw",
+        pulsars=2,
+        correlation="curn",
+        n_rn=5,
+        n_gw=3,
+        rn_priors=(Uniform(-19.0, -11.0), Uniform(0.0, 7.0)),
+    )
+    with pytest.raises(ParameterError, match=r"red-noise prior .* differs"):
+        noise2.for_posterior(narrower)
