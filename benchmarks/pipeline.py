@@ -7,7 +7,8 @@ Prints one JSON object per run (stdout; progress goes to stderr):
   evidence, exact samples, harmonic-mean evidence, write the posterior file), each timed,
   with its compilations and the training steps and refinement rounds. `--mode refit` (default)
   or `--mode full` (`--correlation curn|hd`, `--pulsars 10`; `--max-steps`, `--refine-rounds`,
-  `--n-flow-samples`, `--n-per-chain` cut a full-mode profile short).
+  `--n-flow-samples`, `--n-per-chain` cut a full-mode profile short; `--devices all` trains
+  on every core of a CPU).
 - `--case compare`: `ptaflow.compare.compare` on a model list (`--models seed10`, or `ng15`
   for the 16 NANOGrav 15-yr new-physics models, or names), with every model's wall time,
   ln Z from both estimators and phase times, and the totals.
@@ -82,6 +83,11 @@ def _parser() -> argparse.ArgumentParser:
     full.add_argument("--refine-rounds", type=int, default=None)
     full.add_argument("--n-flow-samples", type=int, default=None)
     full.add_argument("--n-per-chain", type=int, default=None)
+    full.add_argument(
+        "--devices",
+        default="1",
+        help="'all' or n: devices to train on (a CPU's cores are presented as CPU devices)",
+    )
     return p
 
 
@@ -166,6 +172,9 @@ def _settings(args):
     for name, value in (("max_steps", args.max_steps), ("refine_rounds", args.refine_rounds)):
         if value is not None:
             train = dataclasses.replace(train or TrainConfig(init="prior"), **{name: value})
+    if args.devices != "1":
+        devices = "all" if args.devices == "all" else int(args.devices)
+        train = dataclasses.replace(train or TrainConfig(), devices=devices)
     changes = {"train": train}
     if args.n_flow_samples is not None:
         changes["n_flow_samples"] = args.n_flow_samples
@@ -370,6 +379,13 @@ def _compare_case(args, compiles) -> dict:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     sys.path.insert(0, str(args.repo.resolve()))
+    if args.devices != "1" and not (args.devices == "all" or args.devices.isdigit()):
+        raise SystemExit(f"--devices {args.devices}: expected 'all' or a positive integer")
+    if args.devices != "1":
+        # XLA runs one computation on one CPU core: present the cores as CPU devices before JAX
+        # starts (on a GPU machine this only adds CPU devices)
+        n = os.cpu_count() if args.devices == "all" else int(args.devices)
+        os.environ.setdefault("JAX_NUM_CPU_DEVICES", str(n))
     import jax
 
     jax.config.update("jax_enable_x64", True)
