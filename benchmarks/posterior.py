@@ -55,6 +55,10 @@ def _parse(argv):
     )
     p.add_argument("--flow-samples", type=int, default=50000)
     p.add_argument(
+        "--flow-family", choices=("maf", "coupling"), help="flow architecture (FlowConfig.family)"
+    )
+    p.add_argument("--flow-layers", type=int, help="spline layers (FlowConfig.flow_layers)")
+    p.add_argument(
         "--defensive",
         type=float,
         help="share of the importance samples from the exact noise-only component (default "
@@ -345,9 +349,13 @@ def _case(args, correlation) -> dict:
             devices=None if devices == 1 else devices,
             **{k: v for k, v in extra.items() if v is not None},
         )
+        from ptaflow.flows import FlowConfig
+
+        arch = {"family": args.flow_family, "flow_layers": args.flow_layers}
         fit = fit_posterior(
             post,
             seed=args.seed,
+            flow_config=FlowConfig(**{k: v for k, v in arch.items() if v is not None}),
             train_config=cfg,
             n_samples=args.flow_samples,
             defensive=args.defensive,
