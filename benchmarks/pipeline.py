@@ -9,6 +9,9 @@ Prints one JSON object per run (stdout; progress goes to stderr):
   or `--mode full` (`--correlation curn|hd`, `--pulsars 10`; `--max-steps`, `--refine-rounds`,
   `--n-flow-samples`, `--n-per-chain` cut a full-mode profile short; `--devices all` trains
   on every core of a CPU).
+- `--case cli`: the `ptaflow compare` command in a child process (what `make demo` runs),
+  its wall time from outside, each model's time, ln B and status (`--cache-dir` sets its
+  persistent compilation cache; default off).
 - `--case compare`: `ptaflow.compare.compare` on a model list (`--models seed10`, or `ng15`
   for the 16 NANOGrav 15-yr new-physics models, or names), with every model's wall time,
   ln Z from both estimators and phase times, and the totals.
@@ -66,7 +69,7 @@ NG15 = (
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--case", choices=("model", "compare"), default="model")
+    p.add_argument("--case", choices=("model", "compare", "cli"), default="model")
     p.add_argument("--mode", choices=("refit", "full"), default="refit")
     p.add_argument("--models", nargs="+", default=None, help="default powerlaw / seed10")
     p.add_argument("--reference", default="smbhb")
@@ -330,6 +333,30 @@ def _model_case(args, compiles) -> dict:
     return row
 
 
+def _cli_case(args) -> dict:
+    """`ptaflow compare` as a user runs it (what `make demo` runs), timed from outside."""
+    out = args.out_dir or pathlib.Path(tempfile.mkdtemp(prefix="ptaflow_cli_"))
+    models = [] if args.models in (None, ["seed10"]) else list(args.models)
+    command = [sys.executable, "-m", "ptaflow", "compare", *models, "--out", str(out)]
+    env = dict(os.environ, PTAFLOW_JAX_CACHE=args.cache_dir or "off")
+    env["PYTHONPATH"] = os.pathsep.join([str(args.repo.resolve()), env.get("PYTHONPATH", "")])
+    t0 = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}): {done.stderr[-2000:]}")
+    table = json.loads((out / "comparison.json").read_text())
+    rows = table["rows"]
+    return {
+        "case": "cli-compare",
+        "command": " ".join(["ptaflow", *command[3:]]),
+        "wall_s": round(wall, 3),
+        "model_wall_s": {r["model"]: round(r["wall_time_s"], 2) for r in rows},
+        "ln_B": {r["model"]: [r["ln_B"], r["ln_B_err"]] for r in rows},
+        "status": {r["model"]: r["status"] for r in rows},
+    }
+
+
 def _compare_case(args, compiles) -> dict:
     from ptaflow.compare import compare, comparison_posterior
 
@@ -397,7 +424,8 @@ def main(argv=None) -> int:
 
     compiles = _Compiles()
     t0 = time.perf_counter()
-    row = _model_case(args, compiles) if args.case == "model" else _compare_case(args, compiles)
+    cases = {"model": _model_case, "compare": _compare_case, "cli": lambda a, _c: _cli_case(a)}
+    row = cases[args.case](args, compiles)
     row["process_wall_s"] = round(time.perf_counter() - t0, 3)
     row.update(compiles.snapshot())
     row["cache_dir"] = args.cache_dir
