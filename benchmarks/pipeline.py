@@ -19,7 +19,7 @@ Prints one JSON object per run (stdout; progress goes to stderr):
   likelihood in the unconstrained plane, next to both estimators.
 
 `--repo PATH` imports ptaflow from another checkout (e.g. an older commit, for a before /
-after comparison in one session); phases that checkout does not record are left out and
+after comparison on one machine); phases that checkout does not record are left out and
 only the stage wall times are reported. `--cache-dir DIR` turns on JAX's persistent
 compilation cache there (run twice to measure a warm start); default off.
 
