@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._paths import MODELS_DIR  # the built-in model files (repository's models/ or the wheel's)
 from .errors import ModelError, ParameterError, PriorError, close_matches
 from .priors import JointPrior, MultivariateNormal, make_joint_prior
 from .spectra import h2omega_to_psd, powerlaw_h2omega
@@ -49,8 +50,6 @@ __all__ = [
     "validate_model",
 ]
 
-#: Folder of the built-in model files (the repository's top-level `models/`).
-MODELS_DIR = pathlib.Path(__file__).resolve().parent.parent / "models"
 
 #: Names of the SMBHB power-law parameters that `smbhb = True` appends to a model.
 SMBHB_PARAMS = ("log10_A_bhb", "gamma_bhb")
