@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import sys
 
@@ -242,7 +243,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _single_threaded_blas() -> None:
+    """Run SciPy's OpenBLAS single-threaded unless the environment says otherwise.
+
+    JAX's CPU likelihoods call it from many threads at once, and a multi-threaded OpenBLAS
+    makes them many times slower (see `ptaflow.threads`). The variable is set before any
+    command loads SciPy, and child processes (batch workers) inherit it; a value already in
+    the environment is kept.
+    """
+    if "OPENBLAS_NUM_THREADS" in os.environ:
+        return
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    if "scipy" in sys.modules:  # called from a process that has loaded OpenBLAS already
+        from .threads import limit_blas_threads
+
+        limit_blas_threads()
+
+
 def main(argv: list[str] | None = None) -> int:
+    _single_threaded_blas()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 
-import jax
-import pytest
+# Single-threaded OpenBLAS for JAX's CPU likelihoods (see ptaflow.threads), set before anything
+# loads SciPy; subprocesses started by tests inherit it. A value in the environment is kept.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import ptaflow  # noqa: F401  (first: sets OPENBLAS_NUM_THREADS before SciPy loads)
-from ptaflow.devices import release_compiled_code
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from ptaflow.devices import release_compiled_code  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 

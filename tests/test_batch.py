@@ -10,6 +10,7 @@ re-run to completion.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -42,6 +43,9 @@ from ptaflow.batch.executors import (
 )
 from ptaflow.cli import main
 from ptaflow.errors import DataError, ModelError, ParameterError
+
+# The module itself: the package attribute `ptaflow.compare` is the function of that name.
+compare_module = importlib.import_module("ptaflow.compare")
 
 JOB = """
 name = "ci-batch"
@@ -174,7 +178,7 @@ def test_local_run_matches_quadrature_and_resumes(local, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("a finished task was run again")
 
-    monkeypatch.setattr("ptaflow.compare.evaluate_model", boom)
+    monkeypatch.setattr(compare_module, "evaluate_model", boom)
     run_local(job, workers=1, log=None)  # everything done: nothing runs
     text = format_status(task_states(job.out_dir, tasks))
     assert text.startswith("2 tasks: 2 done") and "powerlaw" in text
@@ -298,7 +302,7 @@ def test_a_crashing_task_is_recorded_retried_and_does_not_stop_the_batch(tmp_pat
         calls.append(model)
         raise RuntimeError("XLA: out of memory while allocating 3.2 GiB")
 
-    monkeypatch.setattr("ptaflow.compare.evaluate_model", crash)
+    monkeypatch.setattr(compare_module, "evaluate_model", crash)
     run_local(job, workers=1, retries=1, log=None)
     assert calls == ["smbhb", "powerlaw"] * 2  # every task tried, then retried once
     states = task_states(job.out_dir, tasks)
