@@ -31,7 +31,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import ptaflow  # noqa: E402,F401  (first: single-threaded OpenBLAS)
+import ptaflow  # noqa: E402
+
+ptaflow.limit_blas_threads()  # JAX's CPU LAPACK calls OpenBLAS: one thread
 
 
 def _log(msg: str) -> None:

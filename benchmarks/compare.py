@@ -27,7 +27,9 @@ import pathlib
 import sys
 import time
 
-import ptaflow  # noqa: F401  (first: single-threaded OpenBLAS)
+import ptaflow  # noqa: E402
+
+ptaflow.limit_blas_threads()  # JAX's CPU LAPACK calls OpenBLAS: one thread
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

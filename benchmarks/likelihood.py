@@ -439,7 +439,9 @@ def _worker(spec_path) -> int:
         os.environ.setdefault("JAX_NUM_CPU_DEVICES", str(len(os.sched_getaffinity(0))))
     import jax
 
-    import ptaflow  # before any computation loads SciPy: its process settings apply, as for users
+    import ptaflow
+
+    ptaflow.limit_blas_threads()  # JAX's CPU LAPACK kernels call SciPy's OpenBLAS: one thread
 
     jax.config.update("jax_enable_x64", True)  # PTA ln L ~ 1e5 needs float64
     from ptaflow.data import load_reduced

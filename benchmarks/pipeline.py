@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import inspect
 import json
 import os
@@ -233,7 +234,7 @@ def _model_case(args, compiles) -> dict:
     import jax
     import numpy as np
 
-    from ptaflow import compare as cmp
+    cmp = importlib.import_module("ptaflow.compare")  # the module (ptaflow.compare is the function)
     from ptaflow.evidence import estimate_evidence_harmonic, estimate_evidence_importance
     from ptaflow.inference import fit_posterior, independence_samples
     from ptaflow.models import load_model
@@ -422,6 +423,9 @@ def main(argv=None) -> int:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     import ptaflow
 
+    # One OpenBLAS thread for JAX's CPU LAPACK kernels (checkouts older than
+    # limit_blas_threads set it when ptaflow is imported).
+    getattr(ptaflow, "limit_blas_threads", lambda: None)()
     compiles = _Compiles()
     t0 = time.perf_counter()
     cases = {"model": _model_case, "compare": _compare_case, "cli": lambda a, _c: _cli_case(a)}

@@ -108,13 +108,12 @@ def red_noise_names(psr_names: Sequence[str]) -> tuple[str, ...]:
 
 
 def _check_blas_threads() -> None:
-    """Warn when SciPy's OpenBLAS runs several threads on a CPU backend (see ptaflow/__init__).
+    """Warn when SciPy's OpenBLAS runs several threads on a CPU backend (see ptaflow.threads).
 
     JAX's CPU Cholesky and triangular solves call it once per small matrix from XLA's worker
     threads; a multi-threaded OpenBLAS makes the HD likelihood over ten times slower on two
-    cores. Lowering the thread count after OpenBLAS has started does not restore the speed, so
-    OPENBLAS_NUM_THREADS=1 must be set before SciPy is imported, which importing ptaflow first
-    does.
+    cores. `ptaflow.limit_blas_threads()` (at any time) or OPENBLAS_NUM_THREADS=1 in the
+    environment fixes it; the `ptaflow` command does the latter itself.
     """
     if jax.default_backend() != "cpu":
         return
@@ -125,8 +124,8 @@ def _check_blas_threads() -> None:
         if "scipy_openblas-" in info.get("filepath", "") and info.get("num_threads", 1) > 1:
             warnings.warn(
                 f"SciPy's OpenBLAS runs {info['num_threads']} threads, which slows JAX's CPU "
-                "likelihoods down many times. Set OPENBLAS_NUM_THREADS=1 in the environment, or "
-                "import ptaflow before scipy.",
+                "likelihoods down many times. Call ptaflow.limit_blas_threads() or set "
+                "OPENBLAS_NUM_THREADS=1 in the environment.",
                 RuntimeWarning,
                 stacklevel=3,
             )
