@@ -88,6 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     full.add_argument("--n-flow-samples", type=int, default=None)
     full.add_argument("--n-per-chain", type=int, default=None)
     full.add_argument(
+        "--no-warm-start",
+        action="store_true",
+        help="train every model's flow from its own Laplace start (CompareSettings.warm_start)",
+    )
+    full.add_argument(
         "--devices",
         default="1",
         help="'all' or n: devices to train on (a CPU's cores are presented as CPU devices)",
@@ -184,6 +189,8 @@ def _settings(args):
         changes["n_flow_samples"] = args.n_flow_samples
     if args.n_per_chain is not None:
         changes["n_per_chain"] = args.n_per_chain
+    if args.no_warm_start:
+        changes["warm_start"] = False
     return dataclasses.replace(settings, **changes)
 
 

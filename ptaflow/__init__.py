@@ -24,7 +24,7 @@ import sys
 import types
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 #: The public API: home module -> names defined there.
 _API: dict[str, tuple[str, ...]] = {

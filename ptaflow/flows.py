@@ -82,7 +82,7 @@ STEP_TRACES = {"count": 0}
 #: The same for the forward-KL refinement step.
 REFINE_TRACES = {"count": 0}
 
-_CHECKPOINT_FORMAT = 1
+_CHECKPOINT_FORMAT = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +159,18 @@ class TrainConfig:
             importance ESS fraction (None: no such stop). With `max_steps=0` the rounds are
             the whole training: for cheap low-dimensional targets (init="prior") the forward
             KL fits the flow from its initial affine map without the target's gradient.
+        refine_anneal_ess: with `max_steps=0` and init="prior", anneal the refinement: the
+            rounds start at the tempered posterior prior x L^beta that the prior-draw start
+            reached, and each round raises beta to the largest value at which its pool keeps
+            this fraction of its importance ESS at the round's old beta (and at least
+            `ANNEAL_MIN_ESS` of the pool), until beta = 1 (None: every round at beta = 1).
+            Forward KL covers the mass of each tempered posterior, so the flow follows the
+            modes that the prior draws found instead of collapsing onto one; the stopping
+            rules above count only rounds at beta = 1.
+        refine_keep_best: return the flow whose pool had the highest importance ESS fraction
+            at beta = 1 (the flow at the start of that round) instead of the last one: one
+            round of steps can leave a flow with a heavy-weight region (a pool ESS of a few
+            per cent between rounds at 0.5).
         devices: accelerators of this machine to split each step's `num_samples` flow draws
             over (data parallelism): None (default) trains on the default device; an int n
             uses the first n of `jax.local_devices()`, "all" every one of them. n must divide
@@ -202,6 +214,8 @@ class TrainConfig:
     refine_learning_rate: float = 1e-4
     refine_patience: int = 0
     refine_target_ess: float | None = None
+    refine_anneal_ess: float | None = None
+    refine_keep_best: bool = False
     devices: int | str | None = None
 
     def __post_init__(self):
@@ -222,6 +236,11 @@ class TrainConfig:
             raise ParameterError(
                 f"TrainConfig.refine_target_ess={self.refine_target_ess}: expected a fraction "
                 "in (0, 1] or None"
+            )
+        if self.refine_anneal_ess is not None and not 0 < self.refine_anneal_ess < 1:
+            raise ParameterError(
+                f"TrainConfig.refine_anneal_ess={self.refine_anneal_ess}: expected a fraction "
+                "in (0, 1) or None"
             )
         if not 0 < self.beta0 <= 1:
             raise ParameterError(f"TrainConfig.beta0={self.beta0}: expected 0 < beta0 <= 1")
@@ -265,7 +284,10 @@ class FitInfo:
         resumed_from: step the run resumed from (0 for a fresh run).
         devices: number of devices each step's batch was split over.
         refine_ess, refine_khat: per refinement round, the importance ESS fraction and the
-            Pareto khat of that round's pool (drawn from the flow before the round's steps).
+            Pareto khat of that round's pool (drawn from the flow before the round's steps),
+            for that round's target.
+        refine_beta: per refinement round, the tempering beta of its target (1 unless
+            `TrainConfig.refine_anneal_ess` is set).
     """
 
     losses: np.ndarray
@@ -279,6 +301,7 @@ class FitInfo:
     devices: int = 1
     refine_ess: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     refine_khat: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    refine_beta: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
 
     def to_dict(self) -> dict:
         """JSON-able summary (without the per-step arrays).
@@ -292,6 +315,7 @@ class FitInfo:
 
         return {
             "refine_rounds": len(self.refine_ess),
+            "refine_tempered_rounds": int(np.sum(np.asarray(self.refine_beta) < 1.0)),
             "refine_ess_fraction_median": late_median(self.refine_ess),
             "refine_khat_median": late_median(self.refine_khat),
             "steps": self.steps,
@@ -373,6 +397,34 @@ def _flow_functions(n_dim: int, config: FlowConfig):
     model of a comparison) instead of compiling again for each.
     """
     return _new_flow(jax.random.key(0), n_dim, config, jnp.zeros(n_dim), jnp.eye(n_dim))
+
+
+def reset_coordinates(flow: Transformed, indices) -> Transformed:
+    """The flow with the final affine map's rows of `indices` reset to the identity (location
+    0, scale 1, no coupling to earlier coordinates): those coordinates come out of the
+    spline layers unscaled, about as wide as a uniform prior under the probit map of
+    `ptaflow.priors`, while every other coordinate keeps its fitted map.
+
+    Used to start a model's flow from another model's fit where only the source parameters
+    differ: the red-noise part is kept, the new source parameters start prior-wide (a
+    reverse-KL fit narrows a too-wide start quickly, but rarely widens a too-narrow one).
+    The flow keeps its structure (compiled code is shared with it).
+    """
+    affine = flow.bijection.bijections[-1]
+    if not isinstance(affine, TriangularAffine):
+        raise ParameterError("expected a ptaflow flow (make_flow) ending in its affine map")
+    idx = np.asarray(indices, dtype=int)
+    raw = affine.triangular.args[0]  # lower triangle, diagonal before softplus
+    raw = raw.at[idx, :].set(0.0).at[idx, idx].set(_INV_SOFTPLUS_ONE)
+    return eqx.tree_at(
+        lambda f: (f.bijection.bijections[-1].loc, f.bijection.bijections[-1].triangular.args),
+        flow,
+        (affine.loc.at[idx].set(0.0), (raw,)),
+    )
+
+
+#: softplus^-1(1): the unconstrained diagonal entry of TriangularAffine for a scale of 1.
+_INV_SOFTPLUS_ONE = float(np.log(np.expm1(1.0)))
 
 
 def laplace_approximation(
@@ -645,17 +697,53 @@ def _progress(total: int, initial: int, desc: str):
     return tqdm(total=total, initial=initial, desc=desc, leave=False, disable=None)
 
 
-def _refine_round(key, params, static, target, opt_state, optimizer, config, mesh):
-    """One round of forward-KL refinement; returns (params, opt_state, pool ESS fraction, khat)."""
+#: The annealed refinement raises beta only while its pool keeps at least this importance ESS
+#: fraction at the new beta (400 of the default 8192 points): below it the resampled batches
+#: repeat a few points and the fit chases them.
+ANNEAL_MIN_ESS = 0.05
+
+
+def _anneal_beta(log_like, log_rest, log_q, beta: float, ratio: float) -> float:
+    """The largest beta' in [beta, 1] at which the pool's importance ESS for prior x L^beta'
+    is at least `ratio` times its ESS at beta and at least `ANNEAL_MIN_ESS` of the pool
+    (beta itself where no larger value qualifies)."""
+    from .diagnostics import importance_ess
+
+    n = log_like.shape[0]
+
+    def ess(b):
+        lw = np.where(np.isfinite(log_like), log_rest + b * log_like - log_q, -np.inf)
+        return importance_ess(np.where(np.isfinite(lw), lw, -np.inf)) / n
+
+    floor = max(ratio * ess(beta), ANNEAL_MIN_ESS)
+    if ess(1.0) >= floor:
+        return 1.0
+    if ess(beta) < floor:
+        return beta
+    lo, hi = beta, 1.0
+    for _ in range(30):  # bisection; the ESS falls as beta rises past the flow's own target
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if ess(mid) >= floor else (lo, mid)
+    return lo
+
+
+def _refine_round(key, params, static, target, opt_state, optimizer, config, mesh, beta=1.0):
+    """One round of forward-KL refinement towards prior x L^beta (beta raised first when
+    `refine_anneal_ess` is set); returns (params, opt_state, pool ESS fraction, khat, beta)."""
     from .diagnostics import importance_ess, psis
 
     key_pool, key_pick = jax.random.split(key)
     z, log_q = draw_with_log_q(eqx.combine(params, static), key_pool, config.refine_pool)
-    if mesh is None:
+    log_q = np.asarray(log_q)
+    if beta < 1.0:
+        log_like, log_rest = target_parts(target, z)
+        beta = _anneal_beta(log_like, log_rest, log_q, beta, config.refine_anneal_ess)
+        log_p = log_rest + beta * log_like if beta < 1.0 else log_rest + log_like
+    elif mesh is None:
         log_p = sum(target_parts(target, z))
     else:
         log_p = np.asarray(_pool_log_p(target, z, mesh.size))
-    log_w = log_p - np.asarray(log_q)
+    log_w = log_p - log_q
     log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
     if not np.any(np.isfinite(log_w)):
         raise ParameterError("the target is not finite at any flow sample of a refinement pool")
@@ -668,11 +756,14 @@ def _refine_round(key, params, static, target, opt_state, optimizer, config, mes
         p=jnp.asarray(prob / prob.sum()),
     )
     params, opt_state, _ = _refine_steps(params, static, opt_state, z[picks], optimizer, mesh)
-    return params, opt_state, importance_ess(log_w) / config.refine_pool, khat
+    return params, opt_state, importance_ess(log_w) / config.refine_pool, khat, beta
 
 
-def _refine_done(ess: list[float], config: TrainConfig) -> bool:
-    """Whether the refinement may stop before `refine_rounds` (see `TrainConfig`)."""
+def _refine_done(ess: list[float], config: TrainConfig, betas: list[float] | None = None) -> bool:
+    """Whether the refinement may stop before `refine_rounds` (see `TrainConfig`): the rules
+    look at the rounds at beta = 1 only."""
+    if betas is not None:
+        ess = [e for e, b in zip(ess, betas, strict=True) if b >= 1.0]
     target = config.refine_target_ess
     if target is not None and len(ess) >= 2 and min(ess[-2:]) >= target:
         return True
@@ -706,7 +797,12 @@ def _initial_flow(key_init, key_laplace, target, n_dim, flow_config, config, ini
 
 #: Training options added after checkpoints were first written, with their defaults: left out
 #: of a checkpoint's settings hash while at the default.
-_LATER_OPTIONS = {"refine_patience": 0, "refine_target_ess": None}
+_LATER_OPTIONS = {
+    "refine_patience": 0,
+    "refine_target_ess": None,
+    "refine_anneal_ess": None,
+    "refine_keep_best": False,
+}
 
 
 def _config_hash(*parts: Any) -> str:
@@ -830,6 +926,7 @@ def fit_variational(
     stage, converged, refine_round = "variational", False, 0
     refine_ess: list[float] = []
     refine_khat: list[float] = []
+    refine_beta: list[float] = []
     refine_state = None
     if state is not None:
         header, payload = state
@@ -839,8 +936,8 @@ def fit_variational(
                 io.BytesIO(payload), (params, opt_state, params)
             )
         else:
-            params, refine_state = eqx.tree_deserialise_leaves(
-                io.BytesIO(payload), (params, refine_optimizer.init(params))
+            params, refine_state, best_params = eqx.tree_deserialise_leaves(
+                io.BytesIO(payload), (params, refine_optimizer.init(params), params)
             )
         losses, betas = list(header["losses"]), list(header["betas"])
         step0, skipped = int(header["step"]), int(header["skipped"])
@@ -852,6 +949,7 @@ def fit_variational(
         refine_round = int(header.get("refine_round", 0))
         refine_ess = list(header.get("refine_ess", []))
         refine_khat = list(header.get("refine_khat", []))
+        refine_beta = list(header.get("refine_beta", [1.0] * len(refine_ess)))
     if sharding is not None:
         params, opt_state, best_params, target, refine_state = _place(
             (params, opt_state, best_params, target, refine_state), sharding
@@ -876,9 +974,12 @@ def fit_variational(
             "refine_round": refine_round,
             "refine_ess": refine_ess,
             "refine_khat": refine_khat,
+            "refine_beta": refine_beta,
         }
         tree = (
-            (params, opt_state, best_params) if stage == "variational" else (params, refine_state)
+            (params, opt_state, best_params)
+            if stage == "variational"
+            else (params, refine_state, best_params)
         )
         write_bytes_atomic(ckpt_path, _pack(header, tree))
 
@@ -940,16 +1041,23 @@ def fit_variational(
         # point (e.g. into a likelihood plateau) does not return the drifted flow.
         params = best_params if np.isfinite(best) else params
         stage, refine_state = "refine", refine_optimizer.init(params)
+        best_params = params  # from here on: the flow of the best refinement pool
         if ckpt_path is not None:
             save(step)
     round0 = refine_round
+    # The annealed refinement continues from the prior-draw start's beta (or the last round's).
+    anneal = config.refine_anneal_ess is not None and config.max_steps == 0
+    beta_refine = (refine_beta[-1] if refine_beta else beta_init) if anneal else 1.0
     with _phase(timings, "refine"):
         bar = None
         if progress and refine_round < config.refine_rounds:
             bar = _progress(config.refine_rounds, refine_round, "flow refine")
         try:
-            while refine_round < config.refine_rounds and not _refine_done(refine_ess, config):
-                params, refine_state, ess, khat = _refine_round(
+            while refine_round < config.refine_rounds and not _refine_done(
+                refine_ess, config, refine_beta
+            ):
+                start = params
+                params, refine_state, ess, khat, beta_refine = _refine_round(
                     jax.random.fold_in(key_refine, refine_round),
                     params,
                     static,
@@ -958,8 +1066,13 @@ def fit_variational(
                     refine_optimizer,
                     config,
                     refine_mesh,
+                    beta_refine,
                 )
                 refine_round += 1
+                at_one = [e for e, b in zip(refine_ess, refine_beta, strict=True) if b >= 1.0]
+                if beta_refine >= 1.0 and float(ess) > max(at_one, default=-1.0):
+                    best_params = start
+                refine_beta.append(float(beta_refine))
                 refine_ess.append(float(ess))
                 refine_khat.append(float(khat))
                 if bar is not None:
@@ -970,6 +1083,8 @@ def fit_variational(
         finally:
             if bar is not None:
                 bar.close()
+    if config.refine_keep_best and any(b >= 1.0 for b in refine_beta):
+        params = best_params
     if timings is not None:
         rounds = refine_round - round0
         timings.count("refine", rounds=rounds, steps=rounds * config.refine_steps)
@@ -985,6 +1100,7 @@ def fit_variational(
         devices=1 if sharding is None else len(sharding.mesh.devices),
         refine_ess=np.asarray(refine_ess),
         refine_khat=np.asarray(refine_khat),
+        refine_beta=np.asarray(refine_beta),
     )
     if sharding is not None:  # back to the default device, as a one-device fit leaves it
         params = jax.tree.map(

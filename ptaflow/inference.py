@@ -26,6 +26,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flowjax.distributions import Transformed
 
 from .devices import fixed_chunks
 from .diagnostics import importance_ess, max_hellinger, psis_khat, psis_khat_threshold
@@ -283,6 +284,7 @@ def fit_posterior(
     progress: bool = True,
     timings: PhaseTimes | None = None,
     noise_only: NoiseOnlyPosterior | None = None,
+    init_flow: Transformed | None = None,
 ) -> PosteriorFit:
     """Train a flow on the posterior and draw importance-weighted samples from it.
 
@@ -302,6 +304,9 @@ def fit_posterior(
             already computed (e.g. `fit.noise_only` of another SGWB model's fit): it is
             re-bound to this posterior (`NoiseOnlyPosterior.for_posterior`, which checks that
             it matches) instead of integrated again.
+        init_flow: a flow to start the training from instead of a new one at the Laplace
+            approximation (e.g. `warm_start_flow` of another model's fit); `flow_config`
+            must describe its architecture.
     """
     if not isinstance(posterior, Posterior):
         raise ParameterError(
@@ -327,6 +332,7 @@ def fit_posterior(
         key_fit,
         posterior,
         posterior.n_dim,
+        flow=init_flow,
         flow_config=flow_config,
         config=train_config,
         checkpoint=checkpoint,

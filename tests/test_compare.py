@@ -153,3 +153,36 @@ def test_cli_compare_reports_and_exits_zero(tmp_path, capsys, monkeypatch):
     assert code == 0
     text = capsys.readouterr().out
     assert "ln B vs powerlaw" in text and (tmp_path / "comparison.json").exists()
+
+
+def test_warm_start_flow_serves_only_matching_posteriors():
+    from ptaflow.compare import warm_start_flow
+    from ptaflow.flows import FlowConfig, TrainConfig, make_flow
+    from ptaflow.inference import PosteriorFit
+    from ptaflow.posterior import make_posterior
+
+    def post(model, pulsars=2, **kw):
+        return make_posterior(
+            model=model, pulsars=pulsars, correlation="curn", n_rn=5, n_gw=3, **kw
+        )
+
+    base = post("powerlaw")
+    config = FlowConfig(flow_layers=1, nn_width=8)
+    flow = make_flow(jax.random.key(0), base.n_dim, config=config, loc=jnp.arange(base.n_dim) / 10)
+    empty = np.zeros((1, base.n_dim))
+    fit = PosteriorFit(base, flow, config, TrainConfig(), None, empty, *np.zeros((3, 1)), 0, 0.0)
+    # Another two-parameter model on the same pulsars: the flow, its source rows restarted.
+    other = post("igw_2p")
+    start = warm_start_flow(fit, other, config)
+    n_noise = base.n_dim - len(base.common_names)
+    loc = np.asarray(start.bijection.bijections[-1].loc)
+    np.testing.assert_allclose(loc[:n_noise], np.arange(n_noise) / 10)
+    np.testing.assert_allclose(loc[n_noise:], 0.0)
+    # No start where the pulsars, the red-noise priors, the parameter count or the flow differ.
+    assert warm_start_flow(fit, post("powerlaw", pulsars=3), config) is None
+    assert warm_start_flow(fit, post("igw"), config) is None
+    assert warm_start_flow(fit, other, FlowConfig(flow_layers=2, nn_width=8)) is None
+    from ptaflow.priors import Uniform
+
+    wider = post("igw_2p", rn_priors=(Uniform(-21.0, -11.0), Uniform(0.0, 7.0)))
+    assert warm_start_flow(fit, wider, config) is None

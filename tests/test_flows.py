@@ -9,10 +9,13 @@ for save/load, and exact equality of an interrupted-and-resumed run with an unin
 
 from __future__ import annotations
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import paramax
 import pytest
 from scipy.stats import multivariate_normal
 
@@ -217,6 +220,123 @@ def test_forward_kl_alone_fits_a_banana_stops_early_and_shares_compiled_code():
     assert traces["b"] == 0
 
 
+class _TwoModes(eqx.Module):
+    """A duck-typed posterior for the annealed refinement: prior N(0, 3^2) per coordinate of
+    z (the identity map to theta) and a likelihood of two equal, narrow Gaussian bumps at
+    x0 = -/+2.5 (sd 0.1, 50 sd apart). The prior is symmetric, so each mode holds exactly
+    half of the posterior."""
+
+    centre: float = 2.5
+    sd: float = 0.1
+
+    def sample_prior(self, key, n):
+        return 3.0 * jax.random.normal(key, (n, 2))
+
+    def to_unconstrained(self, theta):
+        return theta
+
+    def log_prob_parts(self, z):
+        d2 = (z[1] / self.sd) ** 2
+        bumps = jnp.logaddexp(
+            -0.5 * ((z[0] - self.centre) / self.sd) ** 2,
+            -0.5 * ((z[0] + self.centre) / self.sd) ** 2,
+        )
+        log_like = bumps - 0.5 * d2
+        log_prior = -0.5 * jnp.sum((z / 3.0) ** 2)
+        return log_like, log_prior
+
+
+ANNEALED = TrainConfig(
+    init="prior",
+    max_steps=0,
+    prior_draws=16384,
+    prior_ess=2000.0,
+    refine_rounds=60,
+    refine_pool=4096,
+    refine_steps=20,
+    refine_batch=256,
+    refine_learning_rate=3e-3,
+    refine_patience=5,
+    refine_target_ess=0.95,
+    refine_anneal_ess=0.5,
+    refine_keep_best=True,
+)
+ANNEALED_FLOW = FlowConfig(family="coupling", flow_layers=4, nn_width=32)
+
+
+@pytest.fixture(scope="module")
+def two_modes_fit():
+    return fit_variational(
+        jax.random.key(11),
+        _TwoModes(),
+        2,
+        flow_config=ANNEALED_FLOW,
+        config=ANNEALED,
+        progress=False,
+    )
+
+
+def test_annealed_refinement_keeps_both_modes(two_modes_fit):
+    flow, info = two_modes_fit
+    beta = np.asarray(info.refine_beta)
+    assert beta[0] < 0.5 and beta[-1] == 1.0 and np.all(np.diff(beta) >= 0)
+    assert np.sum(beta < 1.0) < len(beta)  # rounds at beta = 1 follow the annealing
+    target = _TwoModes()
+    z = np.asarray(flow.sample(jax.random.key(12), (20000,)))
+    log_like, log_prior = jax.vmap(target.log_prob_parts)(jnp.asarray(z))
+    log_w = np.asarray(log_like + log_prior) - np.asarray(_log_q(flow, z))
+    w = np.exp(log_w - log_w.max())
+    # Each mode holds half of the posterior: the flow's own draws within 0.35-0.65 (a flow
+    # that dropped a mode puts ~0 there), the weighted share within 4 binomial-like standard
+    # errors for the importance ESS.
+    ess = w.sum() ** 2 / (w**2).sum()
+    assert ess > 0.5 * len(w)
+    share = np.mean(z[:, 0] > 0)
+    assert 0.35 < share < 0.65
+    weighted = w[z[:, 0] > 0].sum() / w.sum()
+    assert abs(weighted - 0.5) < 4 * 0.5 / np.sqrt(ess)
+
+
+def test_refinement_returns_the_flow_of_its_best_pool(two_modes_fit):
+    # The flow of the best pool at beta = 1 is the flow at the start of that round: the same
+    # run stopped after the rounds before it (all else equal, the same keys) ends there.
+    flow, info = two_modes_fit
+    at_one = np.where(np.asarray(info.refine_beta) >= 1.0)[0]
+    best = at_one[np.argmax(np.asarray(info.refine_ess)[at_one])]
+    cut = dataclasses.replace(
+        ANNEALED,
+        refine_rounds=int(best),
+        refine_keep_best=False,
+        refine_patience=0,
+        refine_target_ess=None,
+    )
+    flow_cut, info_cut = fit_variational(
+        jax.random.key(11), _TwoModes(), 2, flow_config=ANNEALED_FLOW, config=cut, progress=False
+    )
+    np.testing.assert_array_equal(info_cut.refine_ess, np.asarray(info.refine_ess)[:best])
+    for a, b in zip(_leaves(flow), _leaves(flow_cut), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_anneal_beta_keeps_the_ess_ratio():
+    rng = np.random.default_rng(3)
+    log_like = rng.normal(0.0, 3.0, 5000)
+    log_rest = np.zeros(5000)
+    log_q = np.zeros(5000)
+
+    def ess(b):
+        lw = b * log_like
+        w = np.exp(lw - lw.max())
+        return w.sum() ** 2 / (w**2).sum() / len(w)
+
+    new = flows_module._anneal_beta(log_like, log_rest, log_q, 0.1, 0.5)
+    assert 0.1 < new < 1.0
+    assert ess(new) == pytest.approx(0.5 * ess(0.1), rel=1e-6)  # bisection to ~1e-9 in beta
+    # Enough ESS at beta = 1: straight there; a pool already below the floor: no step.
+    assert flows_module._anneal_beta(0.01 * log_like, log_rest, log_q, 0.1, 0.5) == 1.0
+    assert flows_module._anneal_beta(30 * log_like, log_rest, log_q, 0.5, 0.5) == 0.5
+
+
 def test_phase_times_are_recorded():
     from ptaflow.profiling import PhaseTimes
 
@@ -356,6 +476,7 @@ def test_save_and_load_flow_round_trip(tmp_path):
         (lambda: TrainConfig(max_steps=0, refine_rounds=0), "train nothing"),
         (lambda: TrainConfig(refine_patience=-1), "refine_patience"),
         (lambda: TrainConfig(refine_target_ess=1.5), "refine_target_ess"),
+        (lambda: TrainConfig(refine_anneal_ess=1.0), "refine_anneal_ess"),
         (lambda: make_flow(jax.random.key(0), 2, cov=-np.eye(2)), "positive-definite"),
         (lambda: make_flow(jax.random.key(0), 2, loc=np.zeros(3)), r"expected \(2,\)"),
         (lambda: fit_to_samples(jax.random.key(0), np.zeros((5, 2))), "n_samples >= 10"),
@@ -364,3 +485,26 @@ def test_save_and_load_flow_round_trip(tmp_path):
 def test_bad_configuration_is_rejected(make, match):
     with pytest.raises(ParameterError, match=match):
         make()
+
+
+def test_reset_coordinates_restarts_the_chosen_rows_only():
+    flow = make_flow(jax.random.key(21), 3, config=SMALL, loc=MEAN, cov=COV)
+    new = flows_module.reset_coordinates(flow, [2])
+    old_map, new_map = (paramax.unwrap(f.bijection.bijections[-1]) for f in (flow, new))
+    chol = np.linalg.cholesky(COV)
+    np.testing.assert_allclose(old_map.triangular, chol, rtol=1e-12)
+    np.testing.assert_allclose(new_map.triangular[:2], chol[:2], rtol=1e-12)
+    np.testing.assert_allclose(new_map.triangular[2], [0.0, 0.0, 1.0], atol=1e-12)
+    np.testing.assert_allclose(new_map.loc, [MEAN[0], MEAN[1], 0.0])
+    # The same structure, so the same compiled functions serve both flows.
+    assert jax.tree.structure(flow) == jax.tree.structure(new)
+    # For the same base draws: coordinates 0, 1 unchanged, coordinate 2 the spline layers'
+    # own output (unscaled and unshifted).
+    u = jax.random.normal(jax.random.key(22), (500, 3))
+    z_old = jax.vmap(flow.bijection.transform)(u)
+    z_new = jax.vmap(new.bijection.transform)(u)
+    y = jax.vmap(flow.bijection.bijections[0].transform)(u)
+    np.testing.assert_allclose(z_new[:, :2], z_old[:, :2], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(z_new[:, 2], y[:, 2], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ParameterError, match="affine map"):
+        flows_module.reset_coordinates(new.bijection.bijections[0], [0])
