@@ -3,13 +3,17 @@
 Every function builds its own `matplotlib.figure.Figure` (never pyplot's global state, so it
 is safe in scripts, threads and on machines without a display) and returns it; with `path`
 it is also saved (format from the suffix: .png, .pdf, .svg) atomically. PNGs are
-`figure size [in] x dpi` pixels.
+`figure size [in] x dpi` pixels. Axis labels are matplotlib mathtext (no LaTeX installation
+needed). Every figure has a title: what it shows, and on a second line the `context` the
+caller passes (data, mode, pulsars; `figure_context` writes one).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import pathlib
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FixedLocator, MaxNLocator
 
 from .errors import ParameterError, close_matches
 from .results import write_bytes_atomic
@@ -28,6 +34,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DPI",
+    "figure_context",
+    "ess_bins",
     "plot_corner",
     "spectrum_draws",
     "plot_spectrum",
@@ -39,10 +47,67 @@ __all__ = [
 DPI = 100
 #: Percentiles of the posterior spectrum drawn: 95% band, 68% band, median.
 SPECTRUM_PERCENTILES = (2.5, 16.0, 50.0, 84.0, 97.5)
+#: Model statuses `plot_bayes_factors` draws (those of `ptaflow.compare.ModelOutcome`).
+STATUSES = ("ok", "flagged", "failed")
 
 
 def _colour(i: int) -> str:
     return f"C{i % 10}"
+
+
+def _plain(text: str) -> str:
+    """`text` shown literally: its dollar signs do not start mathtext."""
+    return text.replace("$", r"\$")
+
+
+def _title(fig: Figure, what: str, context: str) -> int:
+    """Set the figure title: `what` and, below it, the caller's `context` wrapped to the
+    figure's width. Returns the number of title lines."""
+    text = what
+    if context:
+        width = max(30, int(12 * fig.get_figwidth()))  # ~12 characters per inch at 10 pt
+        text += "\n" + textwrap.fill(_plain(context), width)
+    fig.suptitle(text, fontsize="medium")
+    return text.count("\n") + 1
+
+
+def figure_context(
+    data: str,
+    *,
+    mode: str | None = None,
+    correlation: str | None = None,
+    pulsars: Sequence[str] | None = None,
+    max_names: int = 8,
+) -> str:
+    """A one-line description of the data a figure shows, for the `context=` of the plots.
+
+    Example: ``figure_context("NG15 reduced", mode="full", correlation="hd",
+    pulsars=["J1909-3744", "J2317+1439"])`` is
+    ``"data: NG15 reduced; mode: full; correlation: HD; 2 pulsars: J1909-3744, J2317+1439"``.
+
+    Args:
+        data: the data set (name or file).
+        mode: the comparison mode ("refit", "full"), or None.
+        correlation: the common process's correlation ("curn", "hd"), or None.
+        pulsars: the pulsar names, or None; more than `max_names` are cut to the first
+            `max_names` and a count of the rest.
+        max_names: pulsar names written at most.
+
+    Returns:
+        The description, parts separated by "; ".
+    """
+    parts = [f"data: {data}"]
+    if mode:
+        parts.append(f"mode: {mode}")
+    if correlation:
+        parts.append(f"correlation: {correlation.upper()}")
+    if pulsars is not None:
+        names = [str(p) for p in pulsars]
+        shown = ", ".join(names[:max_names])
+        if len(names) > max_names:
+            shown += f" and {len(names) - max_names} more"
+        parts.append(f"{len(names)} pulsar{'s' if len(names) != 1 else ''}: {shown}")
+    return "; ".join(parts)
 
 
 def _save(fig: Figure, path: str | pathlib.Path | None) -> None:
@@ -72,6 +137,73 @@ def _named_sets(values: Any, what: str, default: str) -> dict[str, np.ndarray]:
 
 # --- corner plots ------------------------------------------------------------------------------
 
+#: Corner-plot layout [in]: panel side, gap between panels, left and bottom margins (tick
+#: labels and axis label), right margin, and the x and y axis labels' distances from the axes
+#: (outside the horizontal tick labels).
+_PANEL_IN, _GAP_IN, _LEFT_IN, _BOTTOM_IN, _RIGHT_IN = 2.0, 0.1, 0.85, 0.65, 0.2
+_XLABEL_IN, _YLABEL_IN = 0.3, 0.5
+#: Title height [in]: a margin plus one line of 10 pt text per title line.
+_TITLE_IN, _TITLE_LINE_IN = 0.2, 0.2
+#: Tail mass left out of the plotted range on each side, per sample set.
+_RANGE_TAIL = 1e-3
+
+
+def ess_bins(n_eff: float) -> int:
+    """Histogram bins for `n_eff` effective samples: the Rice rule 2 n_eff^(1/3), in 5..50.
+
+    For weighted samples `n_eff` is Kish's effective sample size (sum w)^2 / sum w^2, not the
+    raw count, so that a set with few effective samples still gets smooth histograms.
+    """
+    if not n_eff > 0:
+        raise ParameterError(f"n_eff={n_eff!r}: expected a positive effective sample size")
+    return int(np.clip(round(2.0 * n_eff ** (1.0 / 3.0)), 5, 50))
+
+
+def _kish_ess(n: int, w: np.ndarray | None) -> float:
+    return float(n) if w is None else float(w.sum() ** 2 / np.sum(w**2))
+
+
+def _weighted_quantiles(x: np.ndarray, w: np.ndarray | None, q: np.ndarray) -> np.ndarray:
+    """Quantiles `q` of each column of `x` (n_samples, n_dim) under weights `w` (or equal)."""
+    w = np.ones(x.shape[0]) if w is None else w
+    out = []
+    for col in x.T:
+        order = np.argsort(col)
+        cdf = np.cumsum(w[order])
+        out.append(np.interp(q * cdf[-1], cdf, col[order]))
+    return np.asarray(out).T
+
+
+def _interior_ticks(lo: float, hi: float, n_ticks: int) -> np.ndarray:
+    """At least two round tick values in [lo, hi], none within 8% of its ends (where a label
+    would meet the neighbouring panel's), from at most `n_ticks` + 2 intervals."""
+    edge = 0.08 * (hi - lo)
+    for n in range(n_ticks, n_ticks + 3):
+        ticks = MaxNLocator(n).tick_values(lo, hi)
+        ticks = ticks[(ticks >= lo + edge) & (ticks <= hi - edge)]
+        if ticks.size >= 2:
+            break
+    return ticks
+
+
+def _math_label(label: str | None, name: str) -> str:
+    """A mathtext axis label `$...$` from a LaTeX label (with or without `$`) or the name."""
+    if not label:
+        return r"$\mathrm{" + name.replace("_", r"\_") + "}$"
+    label = label.strip()
+    if not (label.startswith("$") and label.endswith("$") and len(label) > 1):
+        label = f"${label}$"
+    from matplotlib.mathtext import MathTextParser
+
+    try:
+        MathTextParser("path").parse(label)
+    except ValueError as exc:
+        raise ParameterError(
+            f"latex_labels[{name!r}] = {label!r} is not valid matplotlib mathtext "
+            f"({str(exc).strip().splitlines()[-1]}); write it without the unsupported command"
+        ) from None
+    return label
+
 
 def plot_corner(
     sample_sets: Sequence[Any],
@@ -81,15 +213,18 @@ def plot_corner(
     weights: Sequence[Any | None] | None = None,
     latex_labels: Mapping[str, str] | None = None,
     truths: Sequence[float | None] | Mapping[str, float] | None = None,
-    bins: int = 30,
+    bins: int | None = None,
+    context: str = "",
     path: str | pathlib.Path | None = None,
 ) -> Figure:
     """Overlay several posterior sample sets (flow, NUTS, PTMCMC, ...) in one corner plot.
 
     Diagonal: 1-D histograms normalised to unit area (so sets of different size compare);
     off-diagonal: the 1- and 2-sigma contours of the 2-D histograms (39.3% and 86.5% mass),
-    each set in its own colour (C0, C1, ...) with a legend. All sets share the bins, spanning
-    the union of their samples (with positive weight).
+    smoothed by a Gaussian of one bin, each set in its own colour (C0, C1, ...) with a legend.
+    All sets share the bins: by default `ess_bins` of the smallest effective sample size
+    among the sets, over the union of the sets' central 99.8% (weighted quantiles) and the
+    truths, padded by 5%. Axis labels are mathtext; at most four ticks per axis.
 
     Args:
         sample_sets: arrays of shape (n_samples_i, n_dim), n_samples_i > n_dim.
@@ -97,16 +232,20 @@ def plot_corner(
         labels: legend label of each set.
         weights: per set, None or non-negative weights (n_samples_i,) (e.g.
             `PosteriorResult.weights`); None for all sets unweighted.
-        latex_labels: axis labels by parameter name (default: the names).
+        latex_labels: axis labels by parameter name, LaTeX with or without the enclosing `$`
+            (e.g. r"\\log_{10} A"); must be valid matplotlib mathtext. Default: the name in
+            \\mathrm{}.
         truths: reference values, (n_dim,) (None entries allowed) or {name: value}.
-        bins: histogram bins per parameter.
+        bins: histogram bins per parameter, or None for `ess_bins` (see above).
+        context: second title line: the data, mode and pulsars shown (`figure_context`).
         path: image file to write, or None.
 
     Returns:
         The figure (n_dim x n_dim axes, `fig.axes` in row-major order).
 
     Raises:
-        ParameterError: shapes, lengths or names that do not match.
+        ParameterError: shapes, lengths or names that do not match; a label that is not
+            mathtext.
     """
     import corner
 
@@ -154,19 +293,30 @@ def plot_corner(
             raise ParameterError(
                 f"latex_labels: {key!r} is not a parameter of {names}." + close_matches(key, names)
             )
+    axis_labels = [_math_label(latex.get(n), n) for n in names]
     truth_values = _truths(truths, names)
+    if bins is None:
+        bins = ess_bins(min(_kish_ess(s.shape[0], w) for s, w in zip(sets, ws, strict=True)))
+    elif not bins >= 1:
+        raise ParameterError(f"bins={bins!r}: expected a positive number of bins or None")
 
-    used = [s if w is None else s[w > 0] for s, w in zip(sets, ws, strict=True)]
-    lo = np.min([u.min(axis=0) for u in used], axis=0)
-    hi = np.max([u.max(axis=0) for u in used], axis=0)
-    pad = 0.02 * np.where(hi > lo, hi - lo, 1.0)
+    q = np.array([_RANGE_TAIL, 1.0 - _RANGE_TAIL])
+    ends = np.concatenate([_weighted_quantiles(s, w, q) for s, w in zip(sets, ws, strict=True)])
+    if truth_values is not None:
+        ends = np.vstack([ends, [np.nan if t is None else t for t in truth_values]])
+    lo, hi = np.nanmin(ends, axis=0), np.nanmax(ends, axis=0)
+    pad = 0.05 * np.where(hi > lo, hi - lo, 1.0)
     ranges = [(float(a), float(b)) for a, b in zip(lo - pad, hi + pad, strict=True)]
 
-    # corner's own layout: 2 in per panel, margins 1.0 in (left/bottom) and 0.4 in.
-    side = 2.0 * n_dim + 2.0 * (n_dim - 1) * 0.05 + 1.4
-    fig = Figure(figsize=(side, side), dpi=DPI)
+    n_ticks = 4 if n_dim <= 3 else 3
+    grid_in = n_dim * _PANEL_IN + (n_dim - 1) * _GAP_IN
+    legend_in = 0.0 if n_dim > 1 else 2.0  # n_dim > 1: legend in the empty upper triangle
+    width = _LEFT_IN + grid_in + _RIGHT_IN + legend_in
+    fig = Figure(figsize=(width, width), dpi=DPI)
+    n_title = _title(fig, "Posterior: " + ", ".join(_plain(lab) for lab in labels), context)
+    height = _BOTTOM_IN + grid_in + _TITLE_IN + _TITLE_LINE_IN * n_title
+    fig.set_size_inches(width, height)
     fig.subplots(n_dim, n_dim, squeeze=False)
-    axis_labels = [latex.get(n, n) for n in names]
     for i, (s, w) in enumerate(zip(sets, ws, strict=True)):
         colour = _colour(i)
         corner.corner(
@@ -177,6 +327,8 @@ def plot_corner(
             range=ranges,
             color=colour,
             labels=axis_labels,
+            max_n_ticks=n_ticks,
+            use_math_text=True,
             smooth=1.0,
             levels=(1.0 - np.exp(-0.5), 1.0 - np.exp(-2.0)),
             plot_datapoints=False,
@@ -186,13 +338,42 @@ def plot_corner(
             truths=truth_values if i == len(sets) - 1 else None,
             truth_color="k",
         )
+    # corner's margins assume no title: the layout is set in inches once all sets are drawn
+    fig.subplots_adjust(
+        left=_LEFT_IN / width,
+        bottom=_BOTTOM_IN / height,
+        right=(_LEFT_IN + grid_in) / width,
+        top=(_BOTTOM_IN + grid_in) / height,
+        wspace=_GAP_IN / _PANEL_IN,
+        hspace=_GAP_IN / _PANEL_IN,
+    )
     axes = np.asarray(fig.axes).reshape(n_dim, n_dim)
-    for k in range(n_dim):  # every set's histogram fits, not only the last one drawn
-        ax = axes[k, k]
+    for i in range(n_dim):
+        # horizontal tick labels; none at a panel's edges, where they would meet the next
+        # panel's; the axis labels just outside them
+        for j in range(i + 1):
+            axes[i, j].xaxis.set_major_locator(FixedLocator(_interior_ticks(*ranges[j], n_ticks)))
+            if j < i:
+                axes[i, j].yaxis.set_major_locator(
+                    FixedLocator(_interior_ticks(*ranges[i], n_ticks))
+                )
+        axes[-1, i].tick_params(axis="x", labelrotation=0, labelsize="small")
+        axes[-1, i].xaxis.set_label_coords(0.5, -_XLABEL_IN / _PANEL_IN)
+        if i > 0:
+            axes[i, 0].tick_params(axis="y", labelrotation=0, labelsize="small")
+            axes[i, 0].yaxis.set_label_coords(-_YLABEL_IN / _PANEL_IN, 0.5)
+        ax = axes[i, i]  # every set's histogram fits, not only the last one drawn
         top = max(float(np.max(p.get_xy()[:, 1])) for p in ax.patches)
         ax.set_ylim(0.0, 1.1 * top)
     handles = [Line2D([], [], color=_colour(i)) for i in range(len(sets))]
-    fig.legend(handles, labels, loc="upper right", frameon=False)
+    corner_box = axes[0, -1].get_position()  # upper right: an empty panel, or the margin
+    fig.legend(
+        handles,
+        labels,
+        loc="upper right" if n_dim > 1 else "upper left",
+        bbox_to_anchor=(corner_box.x1, corner_box.y1),
+        frameon=False,
+    )
     _save(fig, path)
     return fig
 
@@ -256,25 +437,32 @@ def plot_spectrum(
     *,
     n_freq: int = 14,
     ylim: tuple[float, float] | None = None,
+    ncols: int | None = None,
+    context: str = "",
     path: str | pathlib.Path | None = None,
 ) -> Figure:
     """Posterior SGWB spectra against the free-spectrum densities (NANOGrav-style violins).
 
-    At each f_k the free-spectrum density p_k(log10 rho) is drawn as a violin (grey, width
-    proportional to the density, the top 0.1%-of-peak tail cut). Each model's draws of
-    log10 rho_k (`spectrum_draws`) are drawn as the median line with 68% and 95% bands
-    (percentiles `SPECTRUM_PERCENTILES`); several models overlay in colours C0, C1, ...
-    The band edges are lines too, with gid "{label}/p{percentile}" (e.g. "SMBHB/p2.5").
+    One panel per model (small multiples on a grid with shared axes, titled with the model's
+    label), so that ten or more models stay readable. In every panel the free-spectrum
+    density p_k(log10 rho) at each f_k is drawn as a violin (grey, width proportional to the
+    density, the top 0.1%-of-peak tail cut), and the model's draws of log10 rho_k
+    (`spectrum_draws`) as the median line with 68% and 95% bands (percentiles
+    `SPECTRUM_PERCENTILES`). The band edges are lines too, with gid "{label}/p{percentile}"
+    (e.g. "SMBHB/p2.5"). One legend, below the panels, explains the symbols.
 
     Args:
         draws: (n_samples, n_freq) log10(rho / s) draws, or {label: draws} for several models.
         densities: free-spectrum densities (`ptaflow.likelihood.load_free_spectrum_densities`).
         n_freq: frequencies shown, the lowest n_freq of the densities.
         ylim: log10 rho range; default from the bands and the violins.
+        ncols: panels per row; default ceil(sqrt(n_models)), at most 4.
+        context: second title line: the data, mode and pulsars shown (`figure_context`).
         path: image file to write, or None.
 
     Returns:
-        The figure (one axes: x = log10(f / Hz), y = log10(rho / s)).
+        The figure: `fig.axes` holds one axes per model, in the order of `draws` (x =
+        log10(f / Hz), y = log10(rho / s)).
     """
     sets = _named_sets(draws, "draws", "posterior")
     freqs = np.asarray(densities.freqs)
@@ -288,54 +476,64 @@ def plot_spectrum(
                 f"draws {label!r}: expected shape (n_samples, n_freq={n_freq}) of log10 rho; "
                 f"got {d.shape}"
             )
+    n_models = len(sets)
+    if ncols is None:
+        ncols = min(4, math.ceil(math.sqrt(n_models)))
+    elif ncols < 1:
+        raise ParameterError(f"ncols={ncols!r}: expected a positive number of columns or None")
+    ncols = min(ncols, n_models)
+    nrows = math.ceil(n_models / ncols)
     x = np.log10(freqs[:n_freq])
     grid = np.asarray(densities.log10_rho_grid)
     log_dens = np.asarray(densities.log_density)[:n_freq]
     gaps = np.diff(x)
     half = 0.4 * np.minimum(np.append(gaps, np.inf), np.insert(gaps, 0, np.inf))
     half = np.where(np.isfinite(half), half, 0.15)
-
-    fig = Figure(figsize=(7.0, 4.5), dpi=DPI, layout="constrained")
-    ax = fig.add_subplot()
+    violins = []
     top = -np.inf
     for k in range(n_freq):
         vals = np.exp(log_dens[k] - np.max(log_dens[k]))
         keep = np.flatnonzero(vals >= 1e-3)
         sl = slice(0, keep[-1] + 1)
         top = max(top, grid[keep[-1]])
-        ax.fill_betweenx(
-            grid[sl],
-            x[k] - half[k] * vals[sl],
-            x[k] + half[k] * vals[sl],
-            color="0.55",
-            alpha=0.45,
-            linewidth=0,
-            label="free spectrum" if k == 0 else None,
-        )
-    bottom = np.inf
-    for i, (label, d) in enumerate(sets.items()):
-        colour = _colour(i)
-        q = np.percentile(d, SPECTRUM_PERCENTILES, axis=0)
+        violins.append((grid[sl], x[k] - half[k] * vals[sl], x[k] + half[k] * vals[sl]))
+    quantiles = {label: np.percentile(d, SPECTRUM_PERCENTILES, axis=0) for label, d in sets.items()}
+    if ylim is None:
+        bottom = min(float(np.min(q[0])) for q in quantiles.values())
+        top = max(top, max(float(np.max(q[-1])) for q in quantiles.values()))
+        ylim = (max(float(grid[0]), bottom - 1.0), min(float(grid[-1]), top + 0.3))
+
+    size = (7.0, 5.0) if n_models == 1 else (3.2 * ncols, 2.5 * nrows + 1.3)
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+    panels = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
+    colour, grey = _colour(0), "0.55"
+    for ax, (label, q) in zip(panels, quantiles.items(), strict=False):
+        for y_k, left, right in violins:
+            ax.fill_betweenx(y_k, left, right, color=grey, alpha=0.45, linewidth=0)
         ax.fill_between(x, q[0], q[4], color=colour, alpha=0.2, linewidth=0)
         ax.fill_between(x, q[1], q[3], color=colour, alpha=0.35, linewidth=0)
         for p, row in zip(SPECTRUM_PERCENTILES, q, strict=True):
             median = p == 50.0
-            ax.plot(
-                x,
-                row,
-                color=colour,
-                linewidth=1.8 if median else 0.6,
-                label=label if median else None,
-                gid=f"{label}/p{p:g}",
-            )
-        bottom = min(bottom, float(np.min(q[0])))
-        top = max(top, float(np.max(q[4])))
-    if ylim is None:
-        ylim = (max(float(grid[0]), bottom - 1.0), min(float(grid[-1]), top + 0.3))
-    ax.set_ylim(*ylim)
-    ax.set_xlabel(r"$\log_{10}(f\,/\,\mathrm{Hz})$")
-    ax.set_ylabel(r"$\log_{10}(\rho\,/\,\mathrm{s})$")
-    ax.legend(loc="lower left", frameon=False)
+            ax.plot(x, row, color=colour, linewidth=1.8 if median else 0.6, gid=f"{label}/p{p:g}")
+        ax.set_title(_plain(label), fontsize="medium")
+    for i in range(n_models, nrows * ncols):  # empty grid cells
+        fig.delaxes(panels[i])
+    for i in range(max(0, n_models - ncols), n_models):  # the lowest panel of each column
+        panels[i].xaxis.set_tick_params(which="both", labelbottom=True)
+        panels[i].set_xlabel(r"$\log_{10}(f\,/\,\mathrm{Hz})$")
+    panels[0].set_ylim(*ylim)
+    fig.supylabel(r"$\log_{10}(\rho\,/\,\mathrm{s})$", fontsize="medium")
+    handles = [
+        Patch(color=grey, alpha=0.45, linewidth=0),
+        Line2D([], [], color=colour, linewidth=1.8),
+        Patch(color=colour, alpha=0.35 + 0.2 * 0.65, linewidth=0),
+        Patch(color=colour, alpha=0.2, linewidth=0),
+    ]
+    names = ["free-spectrum density", "posterior median", "68% credible band", "95% credible band"]
+    fig.legend(
+        handles, names, loc="outside lower center", ncols=2 if size[0] < 8 else 4, frameon=False
+    )
+    _title(fig, "Posterior spectra against the free-spectrum densities", context)
     _save(fig, path)
     return fig
 
@@ -343,14 +541,27 @@ def plot_spectrum(
 # --- Bayes factors and training ----------------------------------------------------------------
 
 
-def _finite(values: Any, n: int, what: str, *, non_negative: bool = False) -> np.ndarray:
+def _finite(
+    values: Any, what: str, status: Sequence[str], *, non_negative: bool = False
+) -> np.ndarray:
+    """One value per model: finite (and >= 0) where `status` is "ok"; elsewhere a non-finite
+    value becomes NaN, and a failed model's value is ignored (NaN)."""
+    n = len(status)
     arr = np.asarray(values, dtype=np.float64)
     if arr.shape != (n,):
         raise ParameterError(f"{what}: expected shape ({n},) (one per model), got {arr.shape}")
-    if not np.isfinite(arr).all() or (non_negative and (arr < 0).any()):
+    status = np.asarray(status)
+    used = np.isfinite(arr) & (status != "failed")
+    if not np.isfinite(arr[status == "ok"]).all() or (non_negative and (arr[used] < 0).any()):
         kind = "finite non-negative" if non_negative else "finite"
-        raise ParameterError(f"{what}: expected {kind} values, got {arr.tolist()}")
-    return arr
+        raise ParameterError(
+            f'{what}: expected {kind} values for the models of status "ok", got {arr.tolist()}'
+        )
+    return np.where(used, arr, np.nan)
+
+
+#: How `plot_bayes_factors` marks a flagged model's bars.
+FLAGGED_HATCH = "////"
 
 
 def plot_bayes_factors(
@@ -361,71 +572,135 @@ def plot_bayes_factors(
     reference: str,
     second: tuple[Any, Any] | None = None,
     estimators: tuple[str, str] = ("learned harmonic mean", "importance sampling"),
+    status: Sequence[str] | None = None,
+    sort: bool = True,
+    context: str = "",
     path: str | pathlib.Path | None = None,
 ) -> Figure:
-    """Horizontal bars of ln B (each model against `reference`) with error bars.
+    """Horizontal bars of ln B (each model against `reference`) with 1-sigma error bars.
+
+    Models are sorted by the first estimator's ln B, largest at the top, failed models last.
+    A flagged model's bars are hatched (`FLAGGED_HATCH`, black edge); a failed model has no
+    bar but a grey cross at ln B = 0 and the word "failed". The legend (estimators, flagged,
+    failed: the entries that occur) lies below the axes, never over the bars. Values must be
+    finite for models of status "ok"; a flagged model's NaN draws no bar for that estimator
+    ("no estimate" where it has none at all), and a failed model's values are ignored.
 
     Args:
-        names: model names, drawn top to bottom.
+        names: model names.
         log_bf: (n_models,) ln B = ln Z_model - ln Z_reference.
         log_bf_err: (n_models,) standard errors of ln B (>= 0).
         reference: the reference model's name (axis label; a line marks ln B = 0).
         second: (log_bf, log_bf_err) of a second estimator, drawn beside each bar, or None.
         estimators: legend labels of the first and second estimator.
+        status: (n_models,) "ok", "flagged" or "failed" (`ptaflow.compare.ModelOutcome`'s
+            status); None for all "ok".
+        sort: sort by ln B (True) or keep the order of `names`, top to bottom (False).
+        context: second title line: the data, mode and pulsars compared (`figure_context`).
         path: image file to write, or None.
 
     Returns:
-        The figure; among `fig.axes[0].containers` is one `BarContainer` per estimator, with
-        its error bars in `.errorbar`.
+        The figure; among `fig.axes[0].containers` is one `BarContainer` per estimator (its
+        drawn bars, top to bottom, each with gid "{name}/{estimator}"), with its error bars in
+        `.errorbar`.
     """
     names = [str(n) for n in names]
     m = len(names)
     if m == 0:
         raise ParameterError("names: expected at least one model name")
+    status = ["ok"] * m if status is None else [str(s) for s in status]
+    if len(status) != m:
+        raise ParameterError(f"status: expected {m} entries (one per model), got {len(status)}")
+    for name, s in zip(names, status, strict=True):
+        if s not in STATUSES:
+            raise ParameterError(
+                f"status of model {name!r}: {s!r}; expected one of {STATUSES}."
+                + close_matches(s, STATUSES)
+            )
+    failed = np.array([s == "failed" for s in status])
     series = [
-        (_finite(log_bf, m, "log_bf"), _finite(log_bf_err, m, "log_bf_err", non_negative=True))
+        (
+            _finite(log_bf, "log_bf", status),
+            _finite(log_bf_err, "log_bf_err", status, non_negative=True),
+        )
     ]
     if second is not None:
         if len(second) != 2:
             raise ParameterError(f"second: expected (log_bf, log_bf_err), got {len(second)} items")
         series.append(
             (
-                _finite(second[0], m, "second log_bf"),
-                _finite(second[1], m, "second log_bf_err", non_negative=True),
+                _finite(second[0], "second log_bf", status),
+                _finite(second[1], "second log_bf_err", status, non_negative=True),
             )
         )
-    fig = Figure(figsize=(6.4, 1.2 + 0.45 * m), dpi=DPI, layout="constrained")
+    order = np.arange(m)
+    if sort:  # by ln B, largest first; then models without it; failed ones last
+        first = series[0][0]
+        order = np.lexsort((np.where(np.isnan(first), 0.0, -first), np.isnan(first), failed))
+    row = np.empty(m)
+    row[order] = np.arange(m)  # row of each model, 0 at the top
+
+    fig = Figure(figsize=(6.4, 2.0 + 0.45 * m), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
-    y = np.arange(m, dtype=np.float64)
     height = 0.8 / len(series)
     for i, (value, err) in enumerate(series):
         offset = (i - 0.5 * (len(series) - 1)) * height
-        ax.barh(
-            y + offset,
-            value,
-            xerr=err,
+        drawn = order[np.isfinite(value[order] + err[order])]
+        bars = ax.barh(
+            row[drawn] + offset,
+            value[drawn],
+            xerr=err[drawn],
             height=height,
             color=_colour(i),
             capsize=3,
-            label=estimators[i] if len(series) > 1 else None,
         )
+        for bar, j in zip(bars, drawn, strict=True):
+            bar.set_gid(f"{names[j]}/{estimators[i]}")
+            if status[j] == "flagged":
+                bar.set(hatch=FLAGGED_HATCH, edgecolor="k", linewidth=0.8)
+    for j in range(m):
+        if failed[j]:
+            ax.plot(0.0, row[j], "x", color="0.4", markersize=8, mew=2, gid=f"{names[j]}/failed")
+        if failed[j] or all(np.isnan(value[j]) for value, _ in series):
+            ax.annotate(
+                "failed" if failed[j] else "no estimate",
+                (0.0, row[j]),
+                xytext=(8, 0),
+                textcoords="offset points",
+                va="center",
+                color="0.3",
+            )
     ax.axvline(0.0, color="k", linewidth=0.8)
-    ax.set_yticks(y, names)
-    ax.invert_yaxis()
-    ax.set_xlabel(rf"$\ln B$ against {reference}")
+    ax.set_yticks(np.arange(m), [_plain(names[j]) for j in order])
+    ax.set_ylim(m - 0.5, -0.5)  # first row at the top
+    ax.set_xlabel(rf"$\ln B$ against {_plain(reference)} (error bars: $\pm 1\sigma$)")
+    handles, texts = [], []
     if len(series) > 1:
-        ax.legend(loc="best", frameon=False)
+        handles += [Patch(color=_colour(i)) for i in range(len(series))]
+        texts += list(estimators[: len(series)])
+    if "flagged" in status:
+        handles.append(Patch(facecolor="white", edgecolor="k", hatch=FLAGGED_HATCH))
+        texts.append("flagged (unreliable estimate)")
+    if failed.any():
+        handles.append(Line2D([], [], ls="", marker="x", color="0.4", markersize=8, mew=2))
+        texts.append("failed (no estimate)")
+    if handles:
+        fig.legend(handles, texts, loc="outside lower center", ncols=2, frameon=False)
+    _title(fig, f"Bayes factors against {_plain(reference)}", context)
     _save(fig, path)
     return fig
 
 
-def plot_losses(losses: Any, path: str | pathlib.Path | None = None) -> Figure:
+def plot_losses(
+    losses: Any, path: str | pathlib.Path | None = None, *, context: str = ""
+) -> Figure:
     """Flow training curves: loss against optimisation step.
 
     Args:
         losses: (n_steps,) losses (flowjax `fit_to_key_based_loss`), or {label: (n_steps,)}
             (e.g. flowjax `fit_to_data`'s {"train": ..., "val": ...}).
         path: image file to write, or None.
+        context: second title line: the model and data the flow was trained on.
 
     Returns:
         The figure. The y range covers the losses after the first 5% of the steps, so that the
@@ -450,5 +725,6 @@ def plot_losses(losses: Any, path: str | pathlib.Path | None = None) -> Figure:
     ax.set_ylabel("loss")
     if len(curves) > 1:
         ax.legend(frameon=False)
+    _title(fig, "Flow training", context)
     _save(fig, path)
     return fig
