@@ -3,7 +3,9 @@
 Every file is written atomically: the content goes to a temporary file in the destination
 folder, which is then renamed over the destination (`os.replace`, atomic on POSIX and
 Windows). A crash or an exception mid-write leaves the previous file untouched and no
-partial or temporary file behind.
+partial or temporary file behind. New files get the permissions `open()` would give them
+(0666 less the process umask). JSON is strict (RFC 8259): NaN and infinities are written as
+null, which readers of numbers turn back into NaN.
 
 A `PosteriorResult` keeps the posterior samples of one model together with what is needed to
 trust and reuse them: ln L and ln prior at every sample, importance weights of flow samples,
@@ -17,9 +19,11 @@ import contextlib
 import csv
 import dataclasses
 import datetime
+import functools
 import importlib.metadata
 import io
 import json
+import math
 import os
 import pathlib
 import platform
@@ -43,6 +47,7 @@ __all__ = [
     "serialise_flow",
     "save_posterior",
     "load_posterior",
+    "json_text",
     "write_bytes_atomic",
     "write_json_atomic",
     "write_csv_atomic",
@@ -70,11 +75,21 @@ def _atomic_target(path: str | pathlib.Path) -> Iterator[pathlib.Path]:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, _new_file_mode())  # mkstemp creates 0600
         yield pathlib.Path(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@functools.cache
+def _new_file_mode() -> int:
+    """Permissions `open()` gives a new file: 0o666 less the umask (read once per process:
+    reading the umask means setting it, which other threads would see meanwhile)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_bytes_atomic(path: str | pathlib.Path, data: bytes) -> pathlib.Path:
@@ -95,18 +110,37 @@ def write_bytes_atomic(path: str | pathlib.Path, data: bytes) -> pathlib.Path:
     return path
 
 
-def _json_default(obj: Any) -> Any:
-    """JSON encoding of NumPy/JAX scalars and arrays (as Python numbers and lists)."""
+def _json_ready(obj: Any) -> Any:
+    """`obj` with NumPy/JAX scalars and arrays as Python numbers and lists, paths as strings,
+    tuples as lists, and NaN and infinities as None (JSON null)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
     if isinstance(obj, (np.generic, np.ndarray, jax.Array)):
-        return np.asarray(obj).tolist()
+        return _json_ready(np.asarray(obj).tolist())
     if isinstance(obj, pathlib.PurePath):
         return str(obj)
-    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
+    return obj
+
+
+def json_text(obj: Any, *, indent: int | None = None, sort_keys: bool = False) -> str:
+    """Strict JSON text of `obj` (RFC 8259, readable by any JSON parser).
+
+    NumPy and JAX scalars/arrays become numbers and lists, paths strings, and NaN and
+    infinities null (JSON has no literal for them).
+
+    Raises:
+        TypeError: `obj` holds a value JSON cannot represent (e.g. an arbitrary object).
+    """
+    return json.dumps(_json_ready(obj), allow_nan=False, indent=indent, sort_keys=sort_keys)
 
 
 def _to_json(obj: Any, what: str) -> str:
     try:
-        return json.dumps(obj, default=_json_default)
+        return json_text(obj)
     except (TypeError, ValueError) as exc:
         raise ParameterError(
             f"{what} must hold only JSON-serialisable values (numbers, strings, lists, dicts, "
@@ -115,21 +149,19 @@ def _to_json(obj: Any, what: str) -> str:
 
 
 def _json_normalised(obj: Any, what: str) -> Any:
-    """`obj` as it reads back from JSON (tuples become lists, NumPy scalars Python numbers)."""
+    """`obj` as it reads back from JSON (tuples become lists, NumPy scalars Python numbers,
+    NaN and infinities None)."""
     return json.loads(_to_json(obj, what))
 
 
 def write_json_atomic(path: str | pathlib.Path, obj: Any, *, indent: int = 2) -> pathlib.Path:
-    """Write `obj` as a JSON file atomically.
-
-    NumPy and JAX scalars/arrays are written as numbers and lists; NaN and infinities as the
-    JSON extensions `NaN` / `Infinity` that Python's `json` reads back.
+    """Write `obj` as a strict JSON file atomically (`json_text`: NaN and infinities as null).
 
     Raises:
         ParameterError: `obj` holds values JSON cannot represent (nothing is written).
     """
     try:
-        text = json.dumps(obj, default=_json_default, indent=indent)
+        text = json_text(obj, indent=indent)
     except (TypeError, ValueError) as exc:
         raise ParameterError(f"{path}: object is not JSON-serialisable: {exc}") from exc
     return write_bytes_atomic(path, (text + "\n").encode())
@@ -312,8 +344,8 @@ class PosteriorResult:
     """Posterior samples of one model with their ln L, ln prior, weights and provenance.
 
     Arrays are float64 read-only copies; dicts are stored as they read back from JSON
-    (tuples become lists, NumPy scalars Python numbers), so that saving and loading gives
-    an equal object.
+    (tuples become lists, NumPy scalars Python numbers, NaN and infinities None), so that
+    saving and loading gives an equal object.
 
     Attributes:
         param_names: names of the n_dim parameters, in column order.

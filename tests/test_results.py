@@ -7,7 +7,9 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import os
 import pathlib
+import stat
 import subprocess
 
 import equinox as eqx
@@ -122,13 +124,55 @@ def test_json_and_csv_round_trip(tmp_path):
     assert float(rows[0]["log_z"]) == -12.345678901234567  # floats read back exactly
     assert rows[1]["log_z_err"] == "" and rows[1]["n_eff"] == "3500"
 
-    obj = {"table": table, "arr": np.arange(3.0), "inf": float("inf")}
+    obj = {"table": table, "arr": np.arange(3.0), "path": tmp_path}
     results.write_json_atomic(tmp_path / "t.json", obj)
     back = json.loads((tmp_path / "t.json").read_text())
     assert back["table"][0] == table[0]
     assert back["table"][1]["log_z"] == -10.1 and back["arr"] == [0.0, 1.0, 2.0]
-    assert back["inf"] == float("inf")
+    assert back["path"] == str(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.json"]
+
+
+def _strict_json(text: str):
+    """Parse JSON as any RFC 8259 parser would: NaN/Infinity literals are errors."""
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_is_strict_with_non_finite_numbers_as_null(tmp_path):
+    nan, inf = float("nan"), float("inf")
+    obj = {"x": nan, "y": [inf, -inf, 1.5], "arr": np.array([1.0, np.nan]), "n": np.float64(nan)}
+    results.write_json_atomic(tmp_path / "t.json", obj)
+    back = _strict_json((tmp_path / "t.json").read_text())
+    assert back == {"x": None, "y": [None, None, 1.5], "arr": [1.0, None], "n": None}
+    assert _strict_json(results.json_text({"z": (nan, 2)})) == {"z": [None, 2]}
+    # Posterior files store their dicts as strict JSON too; NaN reads back as None.
+    res = dataclasses.replace(_result(flow=False), diagnostics={"final_loss": nan, "ess": 3.0})
+    assert res.diagnostics == {"final_loss": None, "ess": 3.0}
+    path = results.save_posterior(res, tmp_path / "p.h5")
+    with h5py.File(path) as f:
+        assert _strict_json(f.attrs["diagnostics"]) == {"final_loss": None, "ess": 3.0}
+    _assert_same(res, results.load_posterior(path))
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_new_files_get_the_mode_open_would_give(tmp_path, umask, mode):
+    old = os.umask(umask)
+    results._new_file_mode.cache_clear()  # the umask is read once per process
+    try:
+        paths = [
+            results.write_bytes_atomic(tmp_path / "b.bin", b"x"),
+            results.write_json_atomic(tmp_path / "j.json", {"a": 1}),
+            results.write_csv_atomic(tmp_path / "c.csv", [{"a": 1}], ["a"]),
+            results.save_posterior(_result(flow=False), tmp_path / "p.h5"),
+        ]
+    finally:
+        os.umask(old)
+        results._new_file_mode.cache_clear()
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in paths} == {oct(mode)}
 
 
 def test_file_record_hashes_the_file(tmp_path):
