@@ -326,3 +326,72 @@ def test_inconsistent_shapes_are_rejected(psrs):
         dataclasses.replace(psr, Mmat=mm)
     with pytest.raises(DataError, match="sky position .*expected a finite 3-vector"):
         dataclasses.replace(psr, pos=np.array([1.0, 0.0]))
+
+
+# --- reduced-data files ---------------------------------------------------------------------------
+
+
+def _set(name, value):
+    def change(f):
+        del f[name]
+        f.create_dataset(name, data=value)
+
+    return change
+
+
+def _nan_at(name, index):
+    def change(f):
+        f[name][index] = np.nan
+
+    return change
+
+
+def _attr(name, value):
+    def change(f):
+        f.attrs[name] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (
+            _nan_at("FNr", (3, 5)),
+            r"'FNr' holds 1 NaN or infinite value\(s\) \(first at index \(3, 5\)\)",
+        ),
+        (
+            _nan_at("const", 7),
+            r"'const' holds 1 NaN or infinite value\(s\) \(first at index \(7,\)\)",
+        ),
+        (
+            _set("const", np.zeros(47)),
+            r"'const' has shape \(47,\), expected \(48,\) for 48 pulsars",
+        ),
+        (
+            _set("FNF", np.zeros((48, 58, 58))),
+            r"'FNF' has shape \(48, 58, 58\), expected \(48, 60, 60\)",
+        ),
+        (_set("pos", np.zeros((48, 2))), r"'pos' has shape \(48, 2\), expected \(48, 3\)"),
+        (_attr("provenance", "{not json"), r"the 'provenance' attribute is not readable JSON"),
+        (
+            _attr("provenance", "{}"),
+            r"the provenance lacks the inputs of pulsar\(s\) \['B1855\+09'",
+        ),
+        (_attr("tspan_s", -1.0), r"expected a positive span T"),
+    ],
+)
+def test_inconsistent_reduced_files_are_refused(tmp_path, change, match):
+    import shutil
+
+    import h5py
+
+    from ptaflow.data import load_reduced
+
+    path = tmp_path / "reduced.h5"
+    shutil.copy(DATA_DIR / "ng15_48psr_reduced_k30.h5", path)
+    assert load_reduced(path).n_psr == 48
+    with h5py.File(path, "a") as f:
+        change(f)
+    with pytest.raises(DataError, match=r"reduced\.h5: " + match):
+        load_reduced(path)

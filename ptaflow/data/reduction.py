@@ -31,10 +31,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .. import __version__
+from ..constants import YEAR_S
 from ..errors import CacheMismatchError, DataError, PulsarNotFoundError, close_matches
 from .pulsars import (
     Pulsar,
     WhiteNoise,
+    _repeated_name,
     array_span,
     ranking_score,
     weighted_rms,
@@ -214,6 +216,10 @@ class ReducedPTA:
 
     def select(self, names: Sequence[str]) -> ReducedPTA:
         """Subset of pulsars (same T and frequencies), in the given order."""
+        if (twice := _repeated_name(names)) is not None:
+            raise DataError(
+                f"pulsar names repeat: {twice!r} is given twice; select each pulsar once"
+            )
         index = []
         for n in names:
             if n not in self.names:
@@ -315,7 +321,8 @@ def reduce_pta(
         pulsars: the pulsars (any order; kept).
         noisedict: white-noise dictionary; default: each pulsar's own (Feather metadata).
         n_freq: Fourier frequencies k/T, k = 1..n_freq (the largest of K_rn and K_gw used later).
-        tspan: T [s]; default the span of these pulsars (enterprise's `get_tspan`).
+        tspan: T [s], at least the span of these pulsars' TOAs (the default, enterprise's
+            `get_tspan`); a longer T, e.g. that of a larger array, puts f_1 lower.
         cache: HDF5 path. If it exists, it is reused when it was built from exactly these inputs
             (data hashes, white noise, n_freq, T, format) and CacheMismatchError is raised
             otherwise; if absent, it is written atomically.
@@ -323,13 +330,22 @@ def reduce_pta(
     if not pulsars:
         raise DataError("reduce_pta: no pulsars given")
     names = [p.name for p in pulsars]
-    if len(set(names)) != len(names):
-        raise DataError(f"reduce_pta: pulsar names repeat: {names}")
+    if (twice := _repeated_name(names)) is not None:
+        raise DataError(
+            f"reduce_pta: pulsar names repeat: {twice!r} is given twice; give each pulsar once"
+        )
     if n_freq < 1:
         raise DataError(f"n_freq={n_freq}: expected a positive number of frequencies")
-    tspan = array_span(pulsars) if tspan is None else float(tspan)
+    span = array_span(pulsars)
+    tspan = span if tspan is None else float(tspan)
     if not np.isfinite(tspan) or tspan <= 0:
         raise DataError(f"tspan={tspan!r} s: expected a positive span")
+    if tspan < span:  # f_1 = 1/T would then lie above the lowest frequency the data resolve
+        raise DataError(
+            f"tspan={tspan!r} s is shorter than the span of the pulsars' TOAs, {span!r} s "
+            f"({span / YEAR_S:.2f} yr); expected T >= the data span (the default), e.g. the "
+            "span of a larger array that these pulsars belong to"
+        )
     wns = [white_noise_values(p, noisedict) for p in pulsars]
     inputs = _inputs(pulsars, wns, tspan, n_freq)
     if cache is not None and pathlib.Path(cache).exists():
@@ -406,10 +422,11 @@ def save_reduced(reduced: ReducedPTA, path: str | pathlib.Path) -> None:
 
 
 def load_reduced(path: str | pathlib.Path) -> ReducedPTA:
-    """Read reduced statistics written by `save_reduced`.
+    """Read reduced statistics written by `save_reduced`, and check them.
 
     Raises:
-        DataError: missing or unreadable file, or not a ptaflow reduced-data file.
+        DataError: missing or unreadable file, not a ptaflow reduced-data file, provenance
+            that is not JSON, arrays whose shapes disagree, or NaN/infinite statistics.
     """
     import h5py
 
@@ -427,13 +444,63 @@ def load_reduced(path: str | pathlib.Path) -> ReducedPTA:
                     f"{REDUCTION_FORMAT}; rebuild it with reduce_pta"
                 )
             arrays = {key: f[key][()] for key in _ARRAYS}
-            names = tuple(n.decode() for n in f["names"][()])
+            names = tuple(n.decode() for n in np.atleast_1d(f["names"][()]))
             tspan = float(f.attrs["tspan_s"])
-            provenance = json.loads(f.attrs["provenance"])
+            provenance = f.attrs["provenance"]
     except OSError as exc:
         raise DataError(f"{path} is not a readable HDF5 file: {exc}") from exc
     except KeyError as exc:
         raise DataError(
             f"{path}: reduced-data file lacks {exc}; rebuild it with reduce_pta"
         ) from exc
+    try:
+        provenance = json.loads(provenance)
+    except (TypeError, ValueError) as exc:
+        raise DataError(
+            f"{path}: the 'provenance' attribute is not readable JSON ({exc}); rebuild the "
+            "file with reduce_pta (`ptaflow reduce`)"
+        ) from exc
+    _check_reduced(path, names, tspan, arrays, provenance)
     return ReducedPTA(names=names, tspan=tspan, provenance=provenance, **arrays)
+
+
+def _check_reduced(path, names, tspan: float, arrays: Mapping, provenance) -> None:
+    """Shapes, finite values and provenance of a reduced-data file's contents (DataError)."""
+    rebuild = "rebuild the file with reduce_pta (`ptaflow reduce`)"
+    n, k = len(names), int(np.size(arrays["freqs"]))
+    if n == 0 or len(set(names)) != n:
+        raise DataError(f"{path}: expected distinct pulsar names, got {names}; {rebuild}")
+    expected = {
+        "pos": (n, 3),
+        "freqs": (k,),
+        "FNF": (n, 2 * k, 2 * k),
+        "FNr": (n, 2 * k),
+        **{key: (n,) for key in ("const", "n_toa", "n_tm", "wrms", "span")},
+    }
+    for key, shape in expected.items():
+        got = np.shape(arrays[key])
+        if got != shape:
+            raise DataError(
+                f"{path}: '{key}' has shape {got}, expected {shape} for {n} pulsars and {k} "
+                f"frequencies; the file is inconsistent: {rebuild}"
+            )
+        values = np.asarray(arrays[key], dtype=np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise DataError(
+                f"{path}: '{key}' holds {int(bad.sum())} NaN or infinite value(s) (first at "
+                f"index {first}); {rebuild}"
+            )
+    if not (np.isfinite(tspan) and tspan > 0) or k == 0 or not np.all(arrays["freqs"] > 0):
+        raise DataError(
+            f"{path}: expected a positive span T and k/T frequencies, got T = {tspan} s and "
+            f"{k} frequencies; {rebuild}"
+        )
+    inputs = provenance.get("inputs") if isinstance(provenance, dict) else None
+    pulsars = inputs.get("pulsars") if isinstance(inputs, dict) else None
+    missing = [name for name in names if not isinstance(pulsars, dict) or name not in pulsars]
+    if missing:
+        raise DataError(
+            f"{path}: the provenance lacks the inputs of pulsar(s) {missing[:3]}; {rebuild}"
+        )
