@@ -9,7 +9,7 @@ import sys
 
 from .errors import PtaflowError
 
-__all__ = ["main"]
+__all__ = ["main", "EXIT_FLAGGED", "EXIT_FAILED"]
 
 
 def _add_demo_command(sub) -> None:
@@ -25,27 +25,51 @@ def _run_demo(args) -> int:
     return 0
 
 
+#: `ptaflow compare` exit statuses beyond 0 (every model ok, without warnings), 1 (an error
+#: stopped the command) and 2 (a command-line usage error).
+EXIT_FLAGGED = 3
+EXIT_FAILED = 4
+
+_COMPARE_DESCRIPTION = """\
+Fit every model's posterior with a normalizing flow, estimate its evidence twice (learned
+harmonic mean on exact chains, importance sampling) and print Bayes factors against a
+reference model. With no arguments: the ten-model preset 'seed10' in refit mode on the
+shipped NG15 free-spectrum densities. Results (JSON, CSV, HDF5, PNG) go to --out as each
+model finishes; re-running skips finished models. Model names, the reference, --out and
+(full mode) the data are checked before any fit."""
+
+_COMPARE_EXIT_STATUS = f"""\
+exit status:
+  0  every model ok, without warnings
+  1  an error stopped the command (unknown model or reference, invalid model file,
+     unreadable data, --out not writable, an option the mode does not use, ...)
+  2  command-line usage error
+  {EXIT_FLAGGED}  no model failed, but at least one is flagged or has warnings (status with *)
+  {EXIT_FAILED}  at least one model failed (the others completed)"""
+
+
 def _add_compare_command(sub) -> None:
     p = sub.add_parser(
         "compare",
         help="evidences and Bayes factors of SGWB models (default: the seed10 preset, refit)",
-        description="Fit every model's posterior with a normalizing flow, estimate its "
-        "evidence twice (learned harmonic mean on exact chains, importance sampling) and print "
-        "Bayes factors against a reference model. With no arguments: the ten-model preset "
-        "'seed10' in refit mode on the shipped NG15 free-spectrum densities. Results (JSON, "
-        "CSV, HDF5, PNG) go to --out as each model finishes; re-running skips finished models.",
+        description=_COMPARE_DESCRIPTION,
+        epilog=_COMPARE_EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("models", nargs="*", help="model names, model-file paths or presets")
     p.add_argument("--mode", choices=["refit", "full"], default="refit")
-    p.add_argument("--correlation", choices=["curn", "hd"], default="hd", help="full mode")
+    p.add_argument(
+        "--correlation",
+        choices=["curn", "hd"],
+        help="full mode: for models whose file declares no correlation (default curn)",
+    )
     p.add_argument(
         "--pulsars",
         nargs="+",
-        default=["10"],
         help="full mode: N (the N best by the ranking rule) or pulsar names (default 10)",
     )
     p.add_argument("--data", help="full mode: reduced-data HDF5 (default: shipped NG15 set)")
-    p.add_argument("--reference", default="smbhb", help="model for the Bayes factors")
+    p.add_argument("--reference", help="model name or file for the Bayes factors (default smbhb)")
     p.add_argument("--out", help="output folder (default runs/compare_<mode>)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, help="flow training: max steps")
@@ -73,17 +97,19 @@ def _run_compare(args) -> int:
     from .profiling import use_compilation_cache
 
     use_compilation_cache()  # PTAFLOW_JAX_CACHE=DIR or =off; default ~/.cache/ptaflow/jax
-    pulsars = args.pulsars
-    pulsars = int(pulsars[0]) if len(pulsars) == 1 and pulsars[0].isdigit() else tuple(pulsars)
+    # Options left out keep CompareSettings' defaults (so that refit mode, which refuses
+    # full-mode options set away from them, never sees one the user did not give).
+    given = {"correlation": args.correlation, "data": args.data, "reference": args.reference}
+    if args.pulsars is not None:
+        pulsars = args.pulsars
+        one = len(pulsars) == 1 and pulsars[0].isdigit()
+        given["pulsars"] = int(pulsars[0]) if one else tuple(pulsars)
     settings = CompareSettings(
         mode=args.mode,
-        correlation=args.correlation,
-        pulsars=pulsars,
-        data=args.data,
-        reference=args.reference,
         seed=args.seed,
         exact=args.exact or "imh",
         harmonic_flow=args.harmonic_flow,
+        **{k: v for k, v in given.items() if v is not None},
     )
     # --steps / --batch ask for a reverse-KL stage (refit mode's default has none for one
     # or two parameters): they then apply to every model.
@@ -100,8 +126,11 @@ def _run_compare(args) -> int:
     print()
     print(table)
     print(f"\nresults: {out}/comparison.json, .csv, .h5; plots: {out}/*.png")
-    failed = [o.name for o in table.outcomes if not o.ok]
-    return 1 if failed else 0
+    if any(not o.ok for o in table.outcomes):
+        return EXIT_FAILED
+    if any(o.status != "ok" or o.warnings for o in table.outcomes):
+        return EXIT_FLAGGED
+    return 0
 
 
 def _add_reduce_command(sub) -> None:

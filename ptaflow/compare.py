@@ -5,7 +5,8 @@
 
 For each model: a posterior target (refit: the model's parameters on the NG15 free-spectrum
 densities; full: per-pulsar red noise + the model's common process on reduced pulsar data,
-CURN or HD), a variational flow fit (`ptaflow.inference.fit_posterior`), and two evidence
+CURN or HD: the correlation the model file declares, else the settings'), a variational
+flow fit (`ptaflow.inference.fit_posterior`), and two evidence
 estimates:
 
 - importance sampling with the flow as proposal (ln Z, error, ESS, Pareto khat);
@@ -18,19 +19,25 @@ agree: a model whose estimates differ by more than 3 combined sigma is flagged. 
 ln B = ln Z_model - ln Z_reference use the learned harmonic mean with errors added in
 quadrature (the importance-sampling column is shown beside it).
 
-Each model's record is written atomically to `out_dir/models/` as it finishes, keyed by a hash
-of its inputs (model file, data, mode, settings, seed, ptaflow version): a re-run skips models
-already done with the same inputs, and a model that fails (non-finite values, divergent fit)
+Before any fit, `compare` loads every model file and the reference, refuses two files that
+declare the same model name, checks that `out_dir` is writable and, in full mode, opens and
+checks the reduced data: input errors raise at once. Each model's record is written
+atomically to `out_dir/models/` as it finishes, keyed by a hash of its inputs (model file,
+data, mode, settings, seed, ptaflow version): a re-run skips models already done with the
+same inputs (their tables and plots come from the saved records and posteriors), and a model
+that fails (a spectrum that fails the numerical checks, non-finite values, a divergent fit)
 is reported with its reason while the others complete.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import json
 import math
 import pathlib
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -42,7 +49,7 @@ from flowjax.distributions import Transformed
 
 from . import __version__
 from .devices import release_compiled_code
-from .errors import ModelError, ParameterError, PtaflowError
+from .errors import ModelError, ParameterError, PtaflowError, close_matches
 from .evidence import estimate_evidence_harmonic, estimate_evidence_importance
 from .flows import FlowConfig, TrainConfig, reset_coordinates
 from .inference import PosteriorFit, fit_posterior, independence_samples, neutra_samples
@@ -51,6 +58,8 @@ from .noise_only import NoiseOnlyPosterior
 from .posterior import Posterior, make_posterior, make_refit_posterior, select_reduced
 from .profiling import PhaseTimes
 from .results import (
+    json_text,
+    load_posterior,
     provenance,
     save_posterior,
     write_bytes_atomic,
@@ -74,6 +83,7 @@ __all__ = [
     "data_identity",
     "settings_identity",
     "comparison_posterior",
+    "model_correlation",
     "model_configs",
     "warm_start_flow",
     "plot_comparison_bayes_factors",
@@ -139,18 +149,24 @@ def refit_configs(n_dim: int) -> tuple[TrainConfig, FlowConfig, str]:
     return REFIT_TRAIN, flow, "posterior"
 
 
+#: CompareSettings fields that only full mode uses.
+_FULL_MODE_ONLY = ("data", "pulsars", "correlation", "n_rn", "n_gw")
+
+
 @dataclasses.dataclass(frozen=True)
 class CompareSettings:
     """What a comparison runs on and how.
 
     Attributes:
         mode: "refit" (free-spectrum densities, SGWB parameters only) or "full".
-        correlation: "curn" or "hd" (full mode).
+        correlation: full mode: "curn" (default, as `make_posterior`, `make_likelihood` and
+            batch job files) or "hd", for the models whose file declares no `correlation`
+            (a model file's "uncorrelated" means CURN, its "hd" HD; see `model_correlation`).
         pulsars: full mode: an int N (the N best by ptaflow's ranking rule) or names.
         data: full mode: reduced-data HDF5 path (default the shipped NG15 subset).
         n_rn, n_gw: red-noise / common-process frequencies (full mode).
-        n_freq: free-spectrum frequencies (refit mode).
-        reference: model the Bayes factors are taken against.
+        n_freq: free-spectrum frequencies (refit mode; full mode: the spectra plot).
+        reference: model the Bayes factors are taken against (a name or model-file path).
         seed: base seed; each model's seed derives from it and the model name.
         train: flow training options (default `TrainConfig()` in full mode; in refit mode
             None: by the model's dimension, `refit_configs`).
@@ -180,10 +196,14 @@ class CompareSettings:
             Laplace search is skipped. The evidences then depend on the order of the models
             only within their errors (each flow is still trained to convergence and its
             weights are exact); a model's record does not depend on it.
+
+    Raises:
+        ParameterError: an invalid value, or in refit mode a full-mode option (`data`,
+            `pulsars`, `correlation`, `n_rn`, `n_gw`) set away from its default.
     """
 
     mode: str = "refit"
-    correlation: str = "hd"
+    correlation: str = "curn"
     pulsars: int | tuple[str, ...] | None = 10
     data: str | None = None
     n_rn: int = 30
@@ -215,6 +235,15 @@ class CompareSettings:
             )
         if isinstance(self.pulsars, list):
             object.__setattr__(self, "pulsars", tuple(self.pulsars))
+        if self.mode == "refit":
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for name in _FULL_MODE_ONLY:
+                if getattr(self, name) != defaults[name]:
+                    raise ParameterError(
+                        f"{name}={getattr(self, name)!r} applies to mode='full' only: refit mode "
+                        "fits the NG15 free-spectrum densities and does not use it. Set "
+                        f"mode='full', or leave {name} at its default ({defaults[name]!r})"
+                    )
         if self.mode == "full" and self.train is None:
             object.__setattr__(self, "train", TrainConfig())
         if self.mode == "full" and self.flow is None:
@@ -245,11 +274,13 @@ class ModelOutcome:
         status: "ok", "flagged" (the estimates disagree by > 3 combined sigma, the exact
             chains have R-hat > 1.05, or the importance weights have khat >= 0.7) or "failed".
         reason: why a model failed or was flagged ("" otherwise).
+        correlation: what the model was fitted with: "curn" or "hd" (full mode), "refit"
+            (refit mode: the HD free-spectrum densities); "" if it failed before that.
         log_z_harmonic, log_z_harmonic_err: learned harmonic mean ln Z +- 1 sigma.
         log_z_importance, log_z_importance_err: importance-sampling ln Z +- 1 sigma.
         khat, ess: importance-weight diagnostics.
         summary: {parameter: {"median", "lower", "upper"}} 68% intervals (model parameters).
-        warnings: estimator warnings.
+        warnings: estimator warnings: each says why ln Z or its error may be unreliable.
         wall_time_s: seconds for this model (fit, samples, evidences).
         key: hash of the inputs (for resuming).
         phase_times: {phase: {"wall_s", "compile_s", "trace_s", "compiles", counts}} of this
@@ -260,6 +291,7 @@ class ModelOutcome:
     name: str
     status: str
     reason: str = ""
+    correlation: str = ""
     log_z_harmonic: float = math.nan
     log_z_harmonic_err: float = math.nan
     log_z_importance: float = math.nan
@@ -284,8 +316,16 @@ class ModelOutcome:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelOutcome:
+        """The outcome of a `to_dict` form read back from JSON (null numbers become NaN)."""
         d = dict(d)
         d["warnings"] = tuple(d.get("warnings", ()))
+        for f in dataclasses.fields(cls):
+            if f.type == "float" and d.get(f.name, 0.0) is None:
+                d[f.name] = math.nan
+        d["summary"] = {
+            name: {k: math.nan if v is None else v for k, v in stats.items()}
+            for name, stats in d.get("summary", {}).items()
+        }
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
@@ -328,6 +368,7 @@ class Comparison:
             row = {
                 "model": o.name,
                 "status": o.status,
+                "correlation": o.correlation,
                 "ln_Z_harmonic": o.log_z_harmonic,
                 "ln_Z_harmonic_err": o.log_z_harmonic_err,
                 "ln_Z_importance": o.log_z_importance,
@@ -346,23 +387,34 @@ class Comparison:
         return rows
 
     def __str__(self) -> str:
+        """The table as text; a status with * marks a model whose estimators warned (the
+        warnings follow the table)."""
+        full = self.settings.mode == "full"
         head = (
             f"{'model':<16s} {'ln Z (harmonic)':>18s} {'ln Z (importance)':>18s} "
-            f"{'ln B vs ' + self.reference:>18s} {'B':>10s} {'time':>7s}  status"
+            f"{'ln B vs ' + self.reference:>18s} {'B':>10s} {'time':>7s}  "
+            + ("corr  " if full else "")
+            + "status"
         )
         lines = [head, "-" * len(head)]
-        for r in self.rows():
+        notes = []
+        for o, r in zip(self.outcomes, self.rows(), strict=True):
 
             def pm(v, e):
                 return f"{v:10.3f} +- {e:5.3f}" if math.isfinite(v) else f"{'-':>18s}"
 
             b = f"{r['B']:10.3g}" if math.isfinite(r["B"]) else f"{'-':>10s}"
-            note = r["status"] + (f": {r['reason']}" if r["reason"] else "")
+            status = r["status"] + ("*" if o.warnings else "")
+            note = status + (f": {r['reason']}" if r["reason"] else "")
+            corr = f"{o.correlation or '-':<4s}  " if full else ""
             lines.append(
                 f"{r['model']:<16s} {pm(r['ln_Z_harmonic'], r['ln_Z_harmonic_err'])} "
                 f"{pm(r['ln_Z_importance'], r['ln_Z_importance_err'])} "
-                f"{pm(r['ln_B'], r['ln_B_err'])} {b} {r['wall_time_s']:6.1f}s  {note}"
+                f"{pm(r['ln_B'], r['ln_B_err'])} {b} {r['wall_time_s']:6.1f}s  {corr}{note}"
             )
+            notes += [f"* {o.name}: {w}" for w in o.warnings]
+        if notes:
+            lines += ["", "Warnings (* above: ln Z or its error may be unreliable):", *notes]
         return "\n".join(lines)
 
 
@@ -438,16 +490,49 @@ def model_key(model: SourceModel, settings: CompareSettings, data_id: dict | Non
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
+def _declares_correlation(model: SourceModel) -> bool:
+    """Whether the model file assigns `correlation` at its top level (the loader reports "hd"
+    for a file that does not)."""
+    tree = ast.parse(pathlib.Path(model.path).read_bytes(), filename=model.path)
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets = [node.target]
+        else:
+            continue
+        if any(isinstance(t, ast.Name) and t.id == "correlation" for t in targets):
+            return True
+    return False
+
+
+def model_correlation(model: SourceModel, settings: CompareSettings) -> str:
+    """The correlation a comparison fits a model with.
+
+    Full mode: the one its model file declares (`correlation = "uncorrelated"`: "curn", a
+    common uncorrelated red process; `"hd"`: "hd", Hellings-Downs), and `settings.correlation`
+    for a file that declares none. Refit mode: "refit" (the NG15 free-spectrum densities,
+    which come from an HD analysis, whatever the file declares).
+    """
+    if settings.mode == "refit":
+        return "refit"
+    if not _declares_correlation(model):
+        return settings.correlation
+    return "curn" if model.correlation == "uncorrelated" else "hd"
+
+
 def comparison_posterior(model: str | SourceModel, settings: CompareSettings) -> Posterior:
-    """The posterior a comparison fits for one model (refit or full mode, from `settings`);
-    baselines (nested sampling, NUTS) built on it see exactly the same target."""
+    """The posterior a comparison fits for one model (refit or full mode, from `settings`;
+    the correlation from `model_correlation`); baselines (nested sampling, NUTS) built on it
+    see exactly the same target."""
+    model = model if isinstance(model, SourceModel) else load_model(model)
     if settings.mode == "refit":
         return make_refit_posterior(model, n_freq=settings.n_freq)
     return make_posterior(
         settings.data,
         model,
         pulsars=settings.pulsars,
-        correlation=settings.correlation,
+        correlation=model_correlation(model, settings),
         n_rn=settings.n_rn,
         n_gw=settings.n_gw,
     )
@@ -536,11 +621,17 @@ def _run_model(
         noise_only=noise_only,
         init_flow=init_flow,
     )
-    diverged = fit.info.steps > 0 and not np.isfinite(fit.info.final_loss)
-    if diverged or fit.ess < 1:
+    # Diverged: the reverse-KL losses ended non-finite. (`final_loss`, the smoothed loss, is
+    # NaN as well for a run shorter than the smoothing window, which is no divergence.)
+    losses = np.asarray(fit.info.losses)
+    if losses.size and not np.isfinite(losses[-1]):
         raise _ModelFailure(
-            f"the flow fit diverged (final loss {fit.info.final_loss}, importance ESS "
-            f"{fit.ess:.2g})"
+            f"the flow fit diverged: training loss {losses[-1]} at its last step "
+            f"({int(np.sum(~np.isfinite(losses)))} of {losses.size} losses not finite)"
+        )
+    if not fit.ess >= 1:
+        raise _ModelFailure(
+            f"the flow misses the posterior: importance ESS {fit.ess:.2g} of {fit.z.shape[0]}"
         )
     say(f"importance sampling: ESS {fit.ess:.0f} of {fit.z.shape[0]}, khat {fit.khat:.2f}")
     with timings.phase("evidence_importance"):
@@ -589,6 +680,7 @@ def _run_model(
         name=model.name,
         status=status,
         reason=reason,
+        correlation=posterior.correlation,
         log_z_harmonic=float(lhm.log_evidence),
         log_z_harmonic_err=float(lhm.log_evidence_err),
         log_z_importance=float(imp.log_evidence),
@@ -663,6 +755,7 @@ def evaluate_model(
             name=model.name,
             status="failed",
             reason=reason,
+            correlation=model_correlation(model, settings),
             key=key,
             phase_times=timings.to_dict(),
         )
@@ -686,6 +779,55 @@ def _load_record(path: pathlib.Path, key: str) -> ModelOutcome | None:
     return outcome if outcome.ok else None  # failed models are retried
 
 
+def _load_models(specs: Sequence[str], reference: str) -> tuple[list[SourceModel], str]:
+    """Load the model files (without the numerical checks) and the reference: (the models, the
+    reference first where the list lacks it; the reference's name).
+
+    Raises:
+        ModelError: an unknown name, a missing or invalid file, or two files that declare
+            the same model name.
+    """
+
+    def load(spec: str, prefix: str = "", hint: str = "") -> SourceModel:
+        try:
+            return load_model(spec, validate=False)
+        except ModelError as exc:
+            raise ModelError(f"{prefix}{exc}{hint}") from exc
+
+    presets = f" Presets: {', '.join(PRESETS)}."
+    models = [load(spec, hint=presets + close_matches(spec, PRESETS)) for spec in specs]
+    ref = load(reference, prefix="reference: ")
+    if all(m.path != ref.path for m in models):
+        models.insert(0, ref)
+    by_name: dict[str, SourceModel] = {}
+    unique = []
+    for m in models:
+        seen = by_name.setdefault(m.name, m)
+        if seen.path != m.path:
+            raise ModelError(
+                f"two model files declare the name {m.name!r}: {seen.path} and {m.path}. "
+                "Results are kept by model name; give one of them another `name`"
+            )
+        if seen is m:
+            unique.append(m)
+    return unique, ref.name
+
+
+def _writable_folder(out_dir: str | pathlib.Path) -> pathlib.Path:
+    """Create `out_dir/models` and write a test file there (ParameterError where it fails)."""
+    out = pathlib.Path(out_dir)
+    try:
+        (out / "models").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out / "models") as fh:
+            fh.write(b"test")
+    except OSError as exc:
+        raise ParameterError(
+            f"out_dir={str(out)!r}: cannot write results there ({exc}); give a folder that "
+            "can be created and written"
+        ) from exc
+    return out
+
+
 def compare(
     models: Sequence[str] | str | None = None,
     *,
@@ -707,35 +849,39 @@ def compare(
         log: progress messages (model, stage); None for silence.
 
     Returns:
-        The `Comparison` table.
+        The `Comparison` table, keyed by model name.
+
+    Raises:
+        ModelError: before any fit, for an unknown model or reference, a missing or invalid
+            model file, or two model files that declare the same name.
+        ParameterError: before any fit, when out_dir cannot be created or written.
+        DataError: before any fit in full mode, when the reduced data are unreadable or
+            inconsistent (shapes, provenance, non-finite statistics).
     """
     settings = settings or CompareSettings()
-    names = resolve_models(models)
-    if settings.reference not in names:
-        names = (settings.reference, *names)
+    loaded, reference = _load_models(resolve_models(models), settings.reference)
+    out = _writable_folder(out_dir) if out_dir is not None else None
+    data_id = data_identity(settings)  # full mode: opens and checks the reduced data
     say_all = log or (lambda _msg: None)
-    out = pathlib.Path(out_dir) if out_dir is not None else None
-    data_id = data_identity(settings)
     outcomes: list[ModelOutcome] = []
-    fits: dict[str, PosteriorFit] = {}
     noise_only = None  # full mode: the models share the noise-only model of their data
     previous = None  # full mode: the last fit, whose flow may start the next model's
-    for i, name in enumerate(names, 1):
+    for i, model in enumerate(loaded, 1):
 
-        def say(msg, _i=i, _name=name):
-            say_all(f"[{_i}/{len(names)}] {_name}: {msg}")
+        def say(msg, _i=i, _name=model.name):
+            say_all(f"[{_i}/{len(loaded)}] {_name}: {msg}")
 
-        try:
-            model = load_model(name)
-        except ModelError as exc:
-            say(f"failed: {exc}")
-            outcomes.append(ModelOutcome(name=str(name), status="failed", reason=str(exc)))
-            continue
         key = model_key(model, settings, data_id)
         record = out / "models" / f"{model.name}.json" if out is not None else None
         if record is not None and (done := _load_record(record, key)) is not None:
             say("already done with the same inputs; skipped")
             outcomes.append(done)
+            continue
+        try:
+            model = load_model(model.path)  # the numerical checks of the spectrum
+        except ModelError as exc:
+            say(f"failed: {exc}")
+            outcomes.append(ModelOutcome(name=model.name, status="failed", reason=str(exc)))
             continue
         timings = PhaseTimes()
         run = evaluate_model(
@@ -752,7 +898,6 @@ def compare(
             # holds the model's likelihood); refit mode keeps the flow code for the next.
             release_compiled_code()
         if run.fit is not None:
-            fits[model.name] = run.fit
             noise_only = run.fit.noise_only or noise_only
             previous = run.fit
         if record is not None and run.fit is not None:
@@ -769,15 +914,18 @@ def compare(
         outcomes.append(run.outcome)
         if out is not None and run.traceback:
             write_bytes_atomic(out / "models" / f"{model.name}.error.txt", run.traceback.encode())
-    table = Comparison(tuple(outcomes), settings.reference, settings, str(out) if out else None)
+    table = Comparison(tuple(outcomes), reference, settings, str(out) if out else None)
     if out is not None:
-        _write_outputs(table, out, fits, data_id, plots)
+        models_by_name = {m.name: m for m in loaded}
+        _write_outputs(table, out, models_by_name, data_id, plots, say_all)
     if settings.mode == "refit":
         release_compiled_code()
     return table
 
 
-def _write_outputs(table: Comparison, out: pathlib.Path, fits, data_id, plots: bool) -> None:
+def _write_outputs(
+    table: Comparison, out: pathlib.Path, models: dict, data_id, plots: bool, log
+) -> None:
     import h5py
 
     rows = table.rows()
@@ -795,18 +943,19 @@ def _write_outputs(table: Comparison, out: pathlib.Path, fits, data_id, plots: b
     write_csv_atomic(out / "comparison.csv", rows, list(rows[0]))
     tmp = out / "comparison.h5.tmp"
     with h5py.File(tmp, "w") as f:
-        f.attrs["provenance"] = json.dumps(prov, default=str)
-        f.attrs["settings"] = json.dumps(doc["settings"])
+        f.attrs["provenance"] = json_text(prov)
+        f.attrs["settings"] = json_text(doc["settings"])
         f.attrs["reference"] = table.reference
-        f.create_dataset("model", data=np.array([r["model"] for r in rows], dtype="S"))
-        f.create_dataset("status", data=np.array([r["status"] for r in rows], dtype="S"))
         for col in rows[0]:
-            if col not in ("model", "status", "reason"):
-                f.create_dataset(col, data=np.array([r[col] for r in rows], dtype=float))
+            values = [r[col] for r in rows]
+            if isinstance(values[0], str):
+                f.create_dataset(col, data=np.array([v.encode() for v in values]))
+            else:
+                f.create_dataset(col, data=np.array(values, dtype=float))
     write_bytes_atomic(out / "comparison.h5", tmp.read_bytes())
     tmp.unlink()
     if plots:
-        _plots(table, out, fits)
+        _plots(table, out, models, log)
 
 
 def plot_comparison_bayes_factors(table: Comparison, path: str | pathlib.Path) -> bool:
@@ -828,31 +977,36 @@ def plot_comparison_bayes_factors(table: Comparison, path: str | pathlib.Path) -
     return True
 
 
-def _plots(table: Comparison, out: pathlib.Path, fits: dict) -> None:
+def _plots(table: Comparison, out: pathlib.Path, models: dict, log) -> None:
+    """Bayes factors, one corner plot per finished model and the spectra overlay, from the
+    posteriors saved in out/models (those of models finished in an earlier run included)."""
     from .likelihood import load_free_spectrum_densities
     from .plots import plot_corner, plot_spectrum, spectrum_draws
 
     plot_comparison_bayes_factors(table, out / "bayes_factors.png")
     dens = load_free_spectrum_densities()
     spectra = {}
-    for name, fit in fits.items():
-        post = fit.posterior
-        theta = fit.resample(jax.random.key(0), 4000)
-        common = [post.param_names.index(n) for n in post.common_names]
-        labels = post.prior.latex_labels()
+    for o in table.outcomes:
+        if not o.ok:
+            continue
+        path = out / "models" / f"{o.name}.h5"
+        result = load_posterior(path) if path.is_file() else None
+        if result is None or result.provenance.get("comparison_key") != o.key:
+            log(f"{o.name}: {path} does not hold this model's posterior; not plotted")
+            continue
+        model = models[o.name]
+        theta = result.resampled(jax.random.key(0), 4000).samples
+        theta = theta[:, [result.param_names.index(n) for n in model.param_names]]
+        labels = result.latex_labels or {}
         plot_corner(
-            [theta[:, common]],
-            param_names=post.common_names,
-            labels=[name],
-            latex_labels={n: labels[n] for n in post.common_names},
-            path=out / f"corner_{name}.png",
+            [theta],
+            param_names=model.param_names,
+            labels=[o.name],
+            latex_labels={n: labels.get(n, n) for n in model.param_names},
+            path=out / f"corner_{o.name}.png",
         )
-        draws = spectrum_draws(
-            post.likelihood.common,
-            theta[:, common],
-            dens.freqs[: table.settings.n_freq],
-            dens.tspan,
+        spectra[o.name] = spectrum_draws(
+            model, theta, dens.freqs[: table.settings.n_freq], dens.tspan
         )
-        spectra[name] = draws
     if spectra:
         plot_spectrum(spectra, dens, n_freq=table.settings.n_freq, path=out / "spectra.png")

@@ -9,6 +9,7 @@ without recomputation, a model that fails while the others complete, and the CLI
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 
@@ -20,11 +21,13 @@ from scipy.special import logsumexp
 
 from ptaflow.cli import main
 from ptaflow.compare import CompareSettings, compare, model_configs, resolve_models
-from ptaflow.errors import ParameterError
+from ptaflow.errors import ModelError, ParameterError
 from ptaflow.nested import nested_sampling_evidence
 from ptaflow.posterior import make_refit_posterior
 
 MODELS = ["powerlaw", "sigw_gauss_2p"]
+# The module (`ptaflow.compare` as an attribute of the package is the function).
+CMP = importlib.import_module("ptaflow.compare")
 
 
 def _quadrature_log_z(name: str) -> float:
@@ -88,7 +91,7 @@ def test_bayes_factor_table_and_files(run):
     assert doc["reference"] == "powerlaw" and doc["provenance"]["git_revision"]
     assert [r["model"] for r in doc["rows"]] == MODELS
     assert "log10_A" in doc["summaries"]["powerlaw"]
-    assert (out / "comparison.csv").read_text().startswith("model,status,ln_Z_harmonic")
+    assert (out / "comparison.csv").read_text().startswith("model,status,correlation,ln_Z_harmonic")
     for png in ("bayes_factors.png", "spectra.png", "corner_powerlaw.png"):
         assert (out / png).stat().st_size > 5000
     assert (out / "models" / "powerlaw.h5").exists()
@@ -143,7 +146,8 @@ def test_settings_and_model_lists_are_validated():
     train, flow, harmonic, temperature = model_configs(refit, 2)
     assert train.max_steps == 0 and (harmonic, temperature) == ("posterior", 0.5)
     assert model_configs(refit, 1)[1].family == "maf"
-    assert model_configs(refit, 3)[0].max_steps and model_configs(refit, 3)[2:] == ("separate", 0.9)
+    annealed = model_configs(refit, 3)
+    assert annealed[0].refine_anneal_ess and annealed[2:] == ("separate", 0.9)
 
 
 @pytest.mark.slow
@@ -186,3 +190,295 @@ def test_warm_start_flow_serves_only_matching_posteriors():
 
     wider = post("igw_2p", rn_priors=(Uniform(-21.0, -11.0), Uniform(0.0, 7.0)))
     assert warm_start_flow(fit, wider, config) is None
+
+
+# --- checks before any fit, bookkeeping, files and exit status -----------------------------------
+
+# Refit settings sized for bookkeeping tests (a few seconds per two-parameter model); the
+# numbers themselves are checked by the tests above.
+SMALL = {"reference": "powerlaw", "n_flow_samples": 2000, "n_chains": 4, "n_per_chain": 250}
+
+PL_FILE = (
+    "from ptaflow.priors import Uniform\n"
+    "from ptaflow.spectra import powerlaw_h2omega\n"
+    "name = {name!r}\n"
+    'description = "power law"\n'
+    '{extra}parameters = {{"log10_A": Uniform(-18, -11), "gamma": Uniform(0, 7)}}\n'
+    "def spectrum(f, log10_A, gamma):\n"
+    "    return powerlaw_h2omega(f, log10_A, gamma)\n"
+)
+
+
+def _model_file(path, name, extra=""):
+    path.write_text(PL_FILE.format(name=name, extra=extra))
+    return str(path)
+
+
+@pytest.fixture
+def no_fit(monkeypatch):
+    """Make any model fit fail the test: the checks under test must come first."""
+
+    def fit(*args, **kwargs):
+        raise AssertionError("a model was fitted before the inputs were checked")
+
+    monkeypatch.setattr(CMP, "evaluate_model", fit)
+
+
+def _fake_runs(monkeypatch, log_z: dict[str, float], **outcome):
+    """Replace the model fits by outcomes with the given ln Z (both estimators, error 0.1)."""
+    from ptaflow.compare import ModelOutcome, ModelRun
+
+    def run(model, settings, **kwargs):
+        z = log_z[model.name]
+        values = dict(log_z_harmonic=z, log_z_importance=z, khat=0.1, ess=100.0)
+        errors = dict(log_z_harmonic_err=0.1, log_z_importance_err=0.1)
+        return ModelRun(ModelOutcome(model.name, "ok", **values, **errors, **outcome))
+
+    monkeypatch.setattr(CMP, "evaluate_model", run)
+
+
+def test_unknown_model_or_reference_is_reported_before_any_fit(no_fit):
+    with pytest.raises(ModelError, match=r"unknown model 'powerlw'\. Did you mean 'powerlaw'\?"):
+        compare(["smbhb", "powerlw"], log=None)
+    with pytest.raises(
+        ModelError, match=r"reference: unknown model 'smbbh'\. Did you mean 'smbhb'"
+    ):
+        compare(["powerlaw"], settings=CompareSettings(reference="smbbh"), log=None)
+    with pytest.raises(ModelError, match=r"'seed01'\..*Presets: seed10\. Did you mean 'seed10'"):
+        compare(["powerlaw", "seed01"], log=None)
+
+
+def test_out_dir_is_checked_writable_before_any_fit(tmp_path, no_fit):
+    taken = tmp_path / "taken"
+    taken.write_text("a file where the folder should be")
+    for out in (taken, taken / "run"):
+        with pytest.raises(ParameterError, match=r"out_dir='.*taken.*': cannot write results"):
+            compare(["powerlaw"], settings=CompareSettings(**SMALL), out_dir=out, log=None)
+
+
+@pytest.mark.parametrize(
+    "option", [{"correlation": "hd"}, {"pulsars": 4}, {"data": "x.h5"}, {"n_rn": 10}, {"n_gw": 5}]
+)
+def test_refit_mode_refuses_full_mode_options(option):
+    (name,) = option
+    with pytest.raises(ParameterError, match=rf"^{name}=.* applies to mode='full' only"):
+        CompareSettings(**option)
+    CompareSettings(mode="full", **option)  # where they apply
+
+
+def test_full_mode_checks_the_reduced_data_before_any_fit(tmp_path, no_fit):
+    import shutil
+
+    import h5py
+
+    from ptaflow._paths import DATA_DIR
+    from ptaflow.errors import DataError
+
+    bad = tmp_path / "bad.h5"
+    shutil.copy(DATA_DIR / "ng15_48psr_reduced_k30.h5", bad)
+    with h5py.File(bad, "a") as f:
+        f["FNr"][3, 5] = np.nan
+    settings = CompareSettings(mode="full", data=str(bad), pulsars=2, reference="powerlaw")
+    with pytest.raises(DataError, match=r"bad\.h5: 'FNr' holds 1 NaN or infinite value\(s\)"):
+        compare(["powerlaw"], settings=settings, log=None)
+
+
+def test_two_files_with_one_model_name_are_refused(tmp_path, no_fit):
+    a = _model_file(tmp_path / "a.py", "twin")
+    b = _model_file(tmp_path / "b.py", "twin")
+    with pytest.raises(
+        ModelError, match=r"two model files declare the name 'twin': .*a\.py and .*b\.py"
+    ):
+        compare([a, b], settings=CompareSettings(reference=a), log=None)
+    own = _model_file(tmp_path / "my_powerlaw.py", "powerlaw")
+    with pytest.raises(ModelError, match=r"name 'powerlaw': .*models/powerlaw\.py and .*my_power"):
+        compare(["powerlaw", own], log=None)
+
+
+def test_reference_given_as_a_model_file(tmp_path, monkeypatch):
+    from ptaflow.models import MODELS_DIR
+
+    ref = _model_file(tmp_path / "ref.py", "my_ref")
+    _fake_runs(monkeypatch, {"my_ref": -10.0, "smbhb": -9.0, "powerlaw": -9.5})
+    table = compare(["smbhb"], settings=CompareSettings(reference=ref), log=None)
+    assert table.reference == "my_ref" and [o.name for o in table.outcomes] == ["my_ref", "smbhb"]
+    rows = {r["model"]: r for r in table.rows()}
+    assert rows["smbhb"]["ln_B"] == pytest.approx(1.0)
+    assert rows["smbhb"]["ln_B_err"] == pytest.approx(math.hypot(0.1, 0.1))
+    # The path of a listed model's file is that model, fitted once.
+    path = str(MODELS_DIR / "powerlaw.py")
+    table = compare(["powerlaw", "smbhb"], settings=CompareSettings(reference=path), log=None)
+    assert [o.name for o in table.outcomes] == ["powerlaw", "smbhb"]
+    assert table.reference == "powerlaw" and table.rows()[1]["ln_B"] == pytest.approx(0.5)
+
+
+def test_model_file_correlation_drives_the_full_mode_fit(tmp_path, monkeypatch):
+    from ptaflow.compare import model_correlation
+    from ptaflow.models import load_model
+
+    uncorrelated = _model_file(
+        tmp_path / "u.py", "pl_uncorrelated", 'correlation = "uncorrelated"\n'
+    )
+    hd = _model_file(tmp_path / "h.py", "pl_hd", 'correlation = "hd"\n')
+    fitted = {}
+
+    def fit_posterior(posterior, **kwargs):
+        fitted[posterior.model_name] = posterior.correlation
+        raise ParameterError("stopped after building the posterior")
+
+    monkeypatch.setattr(CMP, "fit_posterior", fit_posterior)
+    for default in ("curn", "hd"):
+        settings = CompareSettings(
+            mode="full", correlation=default, pulsars=2, n_rn=5, n_gw=3, reference="powerlaw"
+        )
+        table = compare([uncorrelated, hd], settings=settings, log=None)
+        expected = {"powerlaw": default, "pl_uncorrelated": "curn", "pl_hd": "hd"}
+        assert fitted == expected
+        assert {o.name: o.correlation for o in table.outcomes} == expected
+        assert {r["model"]: r["correlation"] for r in table.rows()} == expected
+    refit = CompareSettings()
+    assert model_correlation(load_model(uncorrelated, validate=False), refit) == "refit"
+
+
+def test_short_reverse_kl_run_is_not_a_divergence(monkeypatch):
+    import dataclasses
+
+    from ptaflow.flows import TrainConfig
+
+    # 40 steps, within tempering: the smoothed loss (FitInfo.final_loss) is never formed.
+    train = TrainConfig(init="prior", max_steps=40, refine_rounds=4, refine_pool=2048)
+    settings = CompareSettings(**SMALL, train=train)
+    run = CMP.evaluate_model("powerlaw", settings)
+    assert run.outcome.status != "failed", run.outcome.reason
+    assert run.fit.info.steps == 40 and math.isnan(run.fit.info.final_loss)
+
+    # A fit whose losses ended non-finite did diverge.
+    fit_posterior = CMP.fit_posterior
+
+    def diverging(*args, **kwargs):
+        fit = fit_posterior(*args, **kwargs)
+        losses = np.append(fit.info.losses, np.nan)
+        return dataclasses.replace(fit, info=dataclasses.replace(fit.info, losses=losses))
+
+    monkeypatch.setattr(CMP, "fit_posterior", diverging)
+    run = CMP.evaluate_model("powerlaw", settings)
+    assert run.outcome.status == "failed"
+    assert "the flow fit diverged: training loss nan at its last step" in run.outcome.reason
+
+
+def test_resumed_comparison_has_every_model_in_tables_plots_and_strict_json(tmp_path, monkeypatch):
+    import h5py
+
+    plots = importlib.import_module("ptaflow.plots")
+    out = tmp_path / "run"
+    settings = CompareSettings(**SMALL)
+    first = compare(["powerlaw"], settings=settings, out_dir=out, plots=False, log=None)
+    assert first.outcomes[0].ok
+    plotted = {}
+    monkeypatch.setattr(
+        plots,
+        "plot_corner",
+        lambda sets, labels, **kw: plotted.setdefault("corner", []).extend(labels),
+    )
+    monkeypatch.setattr(
+        plots,
+        "plot_spectrum",
+        lambda draws, dens, **kw: plotted.update(spectra=sorted(draws)),
+    )
+    monkeypatch.setattr(
+        plots,
+        "plot_bayes_factors",
+        lambda models, *a, **kw: plotted.update(bf=list(models)),
+    )
+    bad = tmp_path / "bad_model.py"
+    bad.write_text(
+        PL_FILE.format(name="bad_model", extra="").replace("return ", "return 0 * f / 0 + ")
+    )
+    messages: list[str] = []
+    table = compare(
+        ["powerlaw", "smbhb", str(bad)], settings=settings, out_dir=out, log=messages.append
+    )
+    assert any("powerlaw: already done" in m for m in messages)
+    assert [o.status for o in table.outcomes][2] == "failed"
+    assert plotted == {
+        "bf": ["powerlaw", "smbhb"],
+        "corner": ["powerlaw", "smbhb"],
+        "spectra": ["powerlaw", "smbhb"],
+    }
+
+    def no_constants(name):
+        raise AssertionError(f"{name} is not JSON")
+
+    doc = json.loads((out / "comparison.json").read_text(), parse_constant=no_constants)
+    failed = doc["rows"][2]
+    assert failed["model"] == "bad_model" and failed["ln_Z_harmonic"] is None
+    for name in ("powerlaw", "smbhb"):
+        json.loads((out / "models" / f"{name}.json").read_text(), parse_constant=no_constants)
+    with h5py.File(out / "comparison.h5") as f:
+        assert [m.decode() for m in f["model"][()]] == ["powerlaw", "smbhb", "bad_model"]
+        assert np.isnan(f["ln_Z_harmonic"][2]) and f["correlation"][0] == b"refit"
+
+
+def _outcomes(*specs):
+    from ptaflow.compare import ModelOutcome
+
+    values = dict(log_z_harmonic=-9.0, log_z_harmonic_err=0.1, log_z_importance=-9.0)
+    out = []
+    for name, status, warnings in specs:
+        numbers = values if status != "failed" else {}
+        out.append(
+            ModelOutcome(name, status, log_z_importance_err=0.1, warnings=warnings, **numbers)
+        )
+    return tuple(out)
+
+
+UNRELIABLE = ("harmonic-mean terms: Pareto khat = 0.80 > 0.5; ln Z and its error are unreliable",)
+
+
+@pytest.mark.parametrize(
+    "specs, code",
+    [
+        ([("powerlaw", "ok", ()), ("smbhb", "ok", ())], 0),
+        ([("powerlaw", "ok", ()), ("smbhb", "ok", UNRELIABLE)], 3),
+        ([("powerlaw", "ok", ()), ("smbhb", "flagged", ())], 3),
+        ([("powerlaw", "failed", ()), ("smbhb", "flagged", ())], 4),
+    ],
+)
+def test_cli_exit_status_tells_ok_flagged_failed(specs, code, tmp_path, capsys, monkeypatch):
+    from ptaflow.compare import Comparison
+
+    monkeypatch.setenv("PTAFLOW_JAX_CACHE", "off")  # the test never writes the user's cache
+    seen = {}
+
+    def fake_compare(models, *, settings, out_dir, plots):
+        seen["settings"] = settings
+        return Comparison(_outcomes(*specs), "powerlaw", settings, out_dir)
+
+    monkeypatch.setattr(CMP, "compare", fake_compare)
+    assert main(["compare", "powerlaw", "smbhb", "--out", str(tmp_path)]) == code
+    assert seen["settings"] == CompareSettings()  # the CLI's defaults are the library's
+    text = capsys.readouterr().out
+    if specs[1][2]:
+        assert "ok*" in text and f"* smbhb: {UNRELIABLE[0]}" in text
+
+
+def test_table_marks_and_prints_warnings():
+    from ptaflow.compare import Comparison
+
+    outcomes = _outcomes(("powerlaw", "ok", ()), ("smbhb", "ok", UNRELIABLE))
+    text = str(Comparison(outcomes, "powerlaw", CompareSettings()))
+    rows = text.splitlines()
+    assert rows[2].endswith("  ok") and rows[3].endswith("  ok*")
+    assert rows[-1] == f"* smbhb: {UNRELIABLE[0]}"
+
+
+def test_cli_input_errors_exit_1_before_any_fit(tmp_path, capsys, monkeypatch, no_fit):
+    monkeypatch.setenv("PTAFLOW_JAX_CACHE", "off")
+    out = str(tmp_path / "run")
+    assert main(["compare", "powerlaw", "--reference", "smbbh", "--out", out]) == 1
+    assert "ptaflow: error: reference: unknown model 'smbbh'" in capsys.readouterr().err
+    assert main(["compare", "powerlaw", "--correlation", "hd", "--out", out]) == 1
+    assert "correlation='hd' applies to mode='full' only" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        main(["compare", "--mode", "fast"])
+    assert usage.value.code == 2
