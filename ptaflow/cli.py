@@ -152,8 +152,12 @@ def _add_reduce_command(sub) -> None:
 
 def _run_reduce(args) -> int:
     from .data import load_noise_dict, load_pulsars, reduce_pta, select_pulsars
+    from .data.pulsars import _repeated_name
+    from .errors import DataError
 
     names = args.names
+    if names and (twice := _repeated_name(names)) is not None:
+        raise DataError(f"pulsar names repeat: {twice!r} is given twice in --names")
     if args.list_file:
         names = select_pulsars(
             [p.stem for p in pathlib.Path(args.source).glob("*.feather")],

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from ptaflow._paths import DATA_DIR
+from ptaflow.constants import YEAR_S
 from ptaflow.data import (
     epoch_index,
     fourier_basis,
@@ -364,3 +365,56 @@ def test_load_reduced_errors(reduced, tmp_path):
         del f["FNr"]
     with pytest.raises(DataError, match=r"partial\.h5: reduced-data file lacks .*FNr.*rebuild it"):
         load_reduced(partial)
+
+
+# --- arguments of `ptaflow reduce` ---------------------------------------------------------------
+
+
+def test_tspan_shorter_than_the_data_span(psrs, noisedict):
+    span = float(max(p.toas.max() for p in psrs[:2]) - min(p.toas.min() for p in psrs[:2]))
+    with pytest.raises(
+        DataError,
+        match=r"tspan=1\.0 s is shorter than the span of the pulsars' TOAs, "
+        + re.escape(f"{span!r} s ({span / YEAR_S:.2f} yr)")
+        + r"; expected T >= the data span",
+    ):
+        reduce_pta(psrs[:2], noisedict, tspan=1.0)
+    with pytest.raises(DataError, match=r"tspan=.* s is shorter than the span"):
+        reduce_pta(psrs[:2], noisedict, tspan=span * 0.999)
+
+
+def test_repeated_pulsars_are_named(psrs, noisedict, reduced):
+    with pytest.raises(
+        DataError, match=r"reduce_pta: pulsar names repeat: 'J0605\+3757' is given twice; give each"
+    ):
+        reduce_pta([psrs[0], psrs[1], psrs[0]], noisedict)
+    with pytest.raises(
+        DataError, match=r"pulsar names repeat: 'J1012-4235' is given twice; select each"
+    ):
+        reduced.select(["J1012-4235", "J0605+3757", "J1012-4235"])
+
+
+def test_reduce_command_checks_its_arguments(tmp_path, capsys):
+    from ptaflow.cli import main
+
+    out = tmp_path / "r.h5"
+    source = str(PSR_DIR)
+    base = [
+        "reduce",
+        source,
+        "--out",
+        str(out),
+        "--noise-dict",
+        str(PSR_DIR / "noise_dict_15yr.json"),
+    ]
+    assert main([*base, "--names", "J0605+3757", "--tspan", "1"]) == 1
+    assert "tspan=1.0 s is shorter than the span of the pulsars' TOAs" in capsys.readouterr().err
+    assert main([*base, "--names", "J0605+3757", "J1012-4235", "J0605+3757"]) == 1
+    assert "pulsar names repeat: 'J0605+3757' is given twice in --names" in capsys.readouterr().err
+    listed = tmp_path / "pulsars.txt"
+    listed.write_text("J0605+3757\nJ1012-4235  # best\nJ1012-4235\n")
+    assert main([*base, "--list-file", str(listed)]) == 1
+    assert (
+        f"pulsar names repeat: 'J1012-4235' is given twice in {listed}" in capsys.readouterr().err
+    )
+    assert not out.exists()

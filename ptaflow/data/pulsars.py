@@ -342,6 +342,16 @@ def white_noise_sigma(psr: Pulsar, wn: WhiteNoise) -> np.ndarray:
     return efac * np.sqrt(psr.toaerrs**2 + 10.0 ** (2.0 * equad))
 
 
+def _repeated_name(names: Iterable[str]) -> str | None:
+    """The first name that occurs a second time in `names`, or None when all are distinct."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
+
+
 def array_span(pulsars: Sequence[Pulsar]) -> float:
     """Span of the whole array, max(TOA) - min(TOA) over all pulsars [s] (enterprise's Tspan)."""
     if not pulsars:
@@ -414,8 +424,9 @@ def select_pulsars(
                     f"pulsar {name!r} is not available ({len(avail)} pulsars)."
                     + close_matches(name, avail)
                 )
-        if len(set(names)) != len(names):
-            raise DataError(f"pulsar names repeat: {names}")
+        if (twice := _repeated_name(names)) is not None:
+            where = path if list_file is not None else "names"
+            raise DataError(f"pulsar names repeat: {twice!r} is given twice in {where}")
         return names
     if scores is None:
         raise DataError("select_pulsars(n_best=...) needs the per-pulsar scores (see rank_pulsars)")
