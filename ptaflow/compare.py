@@ -1,6 +1,7 @@
 """Bayesian model comparison of SGWB source models: evidences, Bayes factors, result files.
 
-    table = compare(["smbhb", "powerlaw", "sigw_gauss_2p"], mode="refit", out_dir="runs/ng15")
+    settings = CompareSettings(mode="refit")
+    table = compare(["smbhb", "powerlaw", "sigw_gauss_2p"], settings=settings, out_dir="runs/ng15")
     print(table)            # ln Z from both estimators, ln B against SMBHB, B, summaries
 
 For each model: a posterior target (refit: the model's parameters on the NG15 free-spectrum
