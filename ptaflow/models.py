@@ -12,9 +12,10 @@ any other path works too) that declares
 
 (`models/README.md` documents it with a worked example.) `load_model` executes the file,
 checks the declarations against the spectrum's signature, and evaluates the spectrum on the
-PTA band at prior draws, eagerly and under jit, vmap and grad; any failure raises
-`ModelError` naming the file and the parameter. The result is a `SourceModel`, whose
-`psd(f, theta)` is what the likelihoods call.
+PTA band at prior draws: at `DENSE_DRAWS` of them vectorised (values finite and
+non-negative), at a few eagerly and under jit, vmap and grad. Any failure, an exception or
+`sys.exit()` in the file included, raises `ModelError` naming the file and the parameter.
+The result is a `SourceModel`, whose `psd(f, theta)` is what the likelihoods call.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ __all__ = [
     "SMBHB_PARAMS",
     "SMBHB_PRIOR",
     "CORRELATIONS",
+    "DENSE_DRAWS",
     "UNAVAILABLE",
     "PRESETS",
     "SourceModel",
@@ -95,6 +97,11 @@ PRESETS: dict[str, tuple[str, ...]] = {
 
 #: Frequencies [Hz] at which `validate_model` checks a spectrum: the PTA band.
 _CHECK_BAND_HZ = (1e-9, 1e-7)
+#: Prior draws at which `validate_model` checks that h^2 Omega_GW is finite and non-negative:
+#: a problem on 0.1 % of the prior is missed with probability 0.999^16384 = 8e-8.
+DENSE_DRAWS = 16384
+#: Draws per vectorised evaluation of the dense check (bounds the memory of large spectra).
+_DENSE_CHUNK = 2048
 _REQUIRED = ("name", "description", "parameters", "spectrum")
 _CONTRACT = "see models/README.md for the model-file contract"
 
@@ -235,12 +242,20 @@ def _exec_model_file(path: pathlib.Path):
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except KeyboardInterrupt:
         sys.modules.pop(module_name, None)
-        raise ModelError(
-            f"{path}: executing the model file failed: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise
+    except BaseException as exc:  # SystemExit too: a model file must not end the program
+        sys.modules.pop(module_name, None)
+        raise ModelError(f"{path}: executing the model file failed: {_what(exc)}") from exc
     return module
+
+
+def _what(exc: BaseException) -> str:
+    """An exception raised by a model file's own code, in words."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r}); a model file must not exit"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _build(module, path: pathlib.Path) -> SourceModel:
@@ -338,24 +353,31 @@ def _fmt_point(model: SourceModel, theta) -> str:
     return ", ".join(f"{n}={float(v):.6g}" for n, v in zip(model.param_names, theta, strict=True))
 
 
-def validate_model(model: SourceModel, *, n_draws: int = 8, seed: int = 0) -> None:
+def validate_model(
+    model: SourceModel, *, n_draws: int = 8, n_dense: int = DENSE_DRAWS, seed: int = 0
+) -> None:
     """Check a model numerically on the PTA band (1e-9 .. 1e-7 Hz) at prior draws.
 
-    h^2 Omega_GW must have the shape of f, be finite and non-negative; `psd` must give the
-    same numbers under jax.jit and jax.vmap as in a Python loop, and its gradient with respect
-    to theta must be finite. Runs in float64.
+    At `n_draws` draws, called one by one: h^2 Omega_GW must have the shape of f, be finite
+    and non-negative; `psd` must give the same numbers under jax.jit and jax.vmap as in a
+    Python loop, and its gradient with respect to theta must be finite. At `n_dense` draws
+    (the first `n_draws` among them), evaluated under jit and vmap: h^2 Omega_GW must be
+    finite and non-negative, which catches problems on small parts of the prior. Runs in
+    float64.
 
     Raises:
-        ModelError: naming the file, the check and the parameter values where it failed.
+        ModelError: naming the file, the check and the parameter values where it failed
+            (for the dense check also the fraction of draws that fail).
     """
     with jax.enable_x64(True):
-        _validate(model, n_draws, seed)
+        _validate(model, n_draws, max(n_dense, n_draws), seed)
 
 
-def _validate(model: SourceModel, n_draws: int, seed: int) -> None:
+def _validate(model: SourceModel, n_draws: int, n_dense: int, seed: int) -> None:
     where = model.path
     f = jnp.geomspace(*_CHECK_BAND_HZ, 16)
-    thetas = model.priors.sample(jax.random.key(seed), n_draws)
+    dense = model.priors.sample(jax.random.key(seed), n_dense)
+    thetas = dense[:n_draws]
     eager = []
     for theta in thetas:
         point = _fmt_point(model, theta)
@@ -407,6 +429,7 @@ def _validate(model: SourceModel, n_draws: int, seed: int) -> None:
                 f"{where}: spectrum() gives different values under {label} than when called "
                 f"directly at {_fmt_point(model, thetas[i])}. {hint}"
             )
+    _check_dense(model, f, dense)
     try:
         grads = np.asarray(
             jax.jit(jax.vmap(jax.grad(lambda th: jnp.sum(model.psd(f, th)))))(thetas)
@@ -423,6 +446,35 @@ def _validate(model: SourceModel, n_draws: int, seed: int) -> None:
             f"finite at {_fmt_point(model, thetas[i])}. Guard singular points so both branches "
             "of jnp.where are finite (e.g. evaluate logs and divisions at a safe argument)."
         )
+
+
+def _check_dense(model: SourceModel, f, thetas) -> None:
+    """h^2 Omega_GW finite and non-negative at every draw of `thetas` (n_dense, n_dim)."""
+    h2omega = jax.jit(jax.vmap(model.h2omega, in_axes=(None, 0)))
+    n, chunk = thetas.shape[0], min(_DENSE_CHUNK, thetas.shape[0])
+    h2 = np.concatenate([np.asarray(h2omega(f, thetas[i : i + chunk])) for i in range(0, n, chunk)])
+    for bad, what, hint in (
+        (
+            ~np.isfinite(h2),
+            "is not finite",
+            "h^2 Omega_GW must be finite on the PTA band: guard divisions, logs and powers "
+            "(e.g. with jnp.where or jnp.maximum) and check the prior ranges.",
+        ),
+        (
+            h2 < 0,
+            "is negative",
+            "An energy density must be >= 0: check signs, or build it as a square or 10**(...).",
+        ),
+    ):
+        rows = np.flatnonzero(bad.any(axis=1))
+        if rows.size:
+            i = int(rows[0])
+            j = int(np.argmax(bad[i]))
+            raise ModelError(
+                f"{model.path}: h^2 Omega_GW from spectrum() {what} at {rows.size} of {n} prior "
+                f"draws ({100 * rows.size / n:.2f} %), e.g. {h2[i, j]:.3g} at f = "
+                f"{float(f[j]):.3g} Hz, {_fmt_point(model, thetas[i])}. {hint}"
+            )
 
 
 def load_model(name_or_path: str | pathlib.Path, *, validate: bool = True) -> SourceModel:
@@ -446,9 +498,14 @@ def load_model(name_or_path: str | pathlib.Path, *, validate: bool = True) -> So
     checked = (*key, True)
     if checked in _CACHE:  # a validated model serves both kinds of request
         return _CACHE[checked]
-    model = _CACHE.get((*key, False)) or _build(_exec_model_file(path), path)
-    if validate:
-        validate_model(model)
+    try:
+        model = _CACHE.get((*key, False)) or _build(_exec_model_file(path), path)
+        if validate:
+            validate_model(model)
+    except (KeyboardInterrupt, Exception):
+        raise
+    except BaseException as exc:  # e.g. sys.exit() inside spectrum()
+        raise ModelError(f"{path}: checking the model failed: {_what(exc)}") from exc
     _CACHE[(*key, validate)] = model
     return model
 

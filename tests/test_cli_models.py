@@ -83,3 +83,28 @@ def test_models_check_exit_codes_from_the_shell(tmp_path):
     assert ok.returncode == 0, ok.stderr
     fail = subprocess.run([*run, str(bad)], capture_output=True, text=True)
     assert fail.returncode == 1 and "does not define `spectrum`" in fail.stderr
+
+
+def test_models_check_of_a_file_that_exits_at_import(tmp_path, capsys):
+    path = tmp_path / "exits.py"
+    path.write_text(GOOD + "\nimport sys\nsys.exit(3)\n")
+    assert cli.main(["models", "check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"ptaflow: error: {path.resolve()}: executing the model file failed")
+    assert "sys.exit(3)" in err
+
+
+def test_models_check_finds_values_that_are_rare_on_the_prior(tmp_path, capsys):
+    path = tmp_path / "rare.py"
+    path.write_text(
+        "import jax.numpy as jnp\n"
+        + GOOD.replace(
+            "return powerlaw_h2omega(f, log10_A, gamma)",
+            "return jnp.where(gamma > 6.93, jnp.nan, powerlaw_h2omega(f, log10_A, gamma))",
+        )
+    )
+    assert cli.main(["models", "check", str(path)]) == 1
+    assert "of 16384 prior draws (" in capsys.readouterr().err
+    path.write_text(GOOD)
+    assert cli.main(["models", "check", str(path)]) == 0
+    assert "at 16384 prior draws" in capsys.readouterr().out
