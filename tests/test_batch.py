@@ -15,9 +15,11 @@ import json
 import math
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -324,3 +326,274 @@ def test_a_crashing_task_is_recorded_retried_and_does_not_stop_the_batch(tmp_pat
     rows = rep.comparisons["ng15-refit/default/r0"].rows()
     assert rep.n_done == 0 and [r["status"] for r in rows] == ["failed", "pending"]
     assert math.isnan(rows[1]["ln_B"])
+
+
+# --- validation when a job is loaded -------------------------------------------------------------
+
+BASE = {"models": ["powerlaw"], "datasets": [{"name": "r", "mode": "refit"}]}
+FULL = {"name": "f", "mode": "full", "pulsars": 3}
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        # the shipped NG15 free spectrum has 30 frequencies
+        (
+            {"datasets": [{"name": "r", "mode": "refit", "n_freq": 100}]},
+            r"\[\[datasets\]\] 'r'\.n_freq = 100: expected 1\.\.30 \(the frequencies of the "
+            r"free-spectrum densities",
+        ),
+        ({"train": {"prior_draws": 0}}, r"\[train\]\.prior_draws = 0: expected an integer >= 1"),
+        ({"train": {"max_steps": "300"}}, r"\[train\]\.max_steps = '300': expected an integer"),
+        ({"train": {"learning_rate": "fast"}}, r"\[train\]\.learning_rate = 'fast': expected a"),
+        ({"train": {"refine_keep_best": 1}}, r"\[train\]\.refine_keep_best = 1: expected true"),
+        ({"train": {"max_steps": -1}}, r"\[train\]\.max_steps = -1: .*must be >= 0"),
+        ({"flow": {"nn_width": 0}}, r"\[flow\]\.nn_width = 0: .*must be positive"),
+        ({"evidence": {"n_chains": "8"}}, r"\[evidence\]\.n_chains = '8': expected an integer"),
+        ({"evidence": {"n_per_chain": 0}}, r"\[evidence\]\.n_per_chain = 0: expected an integer"),
+        ({"evidence": {"temperature": 1.5}}, r"\[evidence\]\.temperature = 1\.5: .*0 < T < 1"),
+        (
+            {"variants": [{"name": "v", "train": {"max_steps": -1}}]},
+            r"\[\[variants\]\] 'v'\.train\.max_steps = -1: .*must be >= 0",
+        ),
+        ({"executor": {"workers": True}}, r"\[executor\]\.workers = True: expected an integer"),
+        ({"executor": {"retries": -3}}, r"\[executor\]\.retries = -3: expected an integer >= 0"),
+        ({"executor": {"ray": {"num_cpus": "2"}}}, r"\[executor\.ray\]\.num_cpus = '2': expected"),
+        (
+            {"executor": {"slurm": {"gpus_per_task": "1"}}},
+            r"\[executor\.slurm\]\.gpus_per_task = '1': expected an integer",
+        ),
+        (
+            {"executor": {"slurm": {"extra": ["--qos=x\necho injected"]}}},
+            r"\[executor\.slurm\]\.extra = .*: expected one line",
+        ),
+        ({"base_seed": 1.5}, r"base_seed = 1\.5: expected an integer"),
+        ({"datasets": [{**FULL, "n_gw": 20, "n_rn": 10}]}, r"'f'\.n_gw = 20: expected .*<= n_rn"),
+        (
+            {"datasets": [{**FULL, "n_rn": 31}]},
+            r"\[\[datasets\]\] 'f'\.n_rn = 31: expected 1\.\.30 \(the frequencies of the "
+            r"reduced data",
+        ),
+        (
+            {"datasets": [{**FULL, "pulsars": ["J1012-4235", "J1012-4235"]}]},
+            r"\[\[datasets\]\] 'f'\.pulsars: pulsar names repeat: 'J1012-4235' is given twice",
+        ),
+    ],
+)
+def test_every_job_value_is_checked_with_its_key(change, match):
+    with pytest.raises(ParameterError, match=match):
+        parse_job({**BASE, **change})
+
+
+def test_a_toml_boolean_is_not_a_number_of_workers(tmp_path):
+    path = tmp_path / "job.toml"
+    path.write_text(JOB.format(out="out") + "\n[executor]\nworkers = true\n")
+    with pytest.raises(ParameterError, match=r"\[executor\]\.workers = True: expected an integer"):
+        load_job(path)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"name": "../../escape"}, r"name = '\.\./\.\./escape': expected a name of letters"),
+        ({"name": "job\n#SBATCH --wrap=x"}, r"name = 'job\\n#SBATCH --wrap=x': expected a name"),
+        (
+            {"datasets": [{"name": "a/b", "mode": "refit"}]},
+            r"\[\[datasets\]\] #1\.name = 'a/b': expected a name of letters.*e\.g\. 'a_b'",
+        ),
+        ({"variants": [{"name": "x y"}]}, r"\[\[variants\]\] #1\.name = 'x y': expected a name"),
+    ],
+)
+def test_job_data_set_and_variant_names_are_checked(change, match):
+    with pytest.raises(ParameterError, match=match):
+        parse_job({**BASE, **change})
+
+
+def test_a_job_file_name_that_is_no_valid_name_is_sanitised(tmp_path):
+    path = tmp_path / "my job (v2).toml"
+    path.write_text(JOB.format(out="out").replace('name = "ci-batch"\n', "", 1))
+    assert load_job(path).name == "my_job_v2"
+
+
+def test_the_slurm_script_stays_inside_out_dir(tmp_path):
+    import dataclasses
+
+    job = _job(tmp_path, "escape")
+    plan(job)
+    for name in ("../../escape", "x\n#SBATCH --wrap=rm"):
+        with pytest.raises(ParameterError, match="expected a name of letters"):
+            write_slurm_script(dataclasses.replace(job, name=name))
+    assert not list(tmp_path.rglob("*.sbatch"))
+    script = write_slurm_script(job)
+    assert script.parent == pathlib.Path(job.out_dir) / "slurm"
+
+
+def test_run_task_keys_from_an_edited_task_list_are_checked(tmp_path):
+    job = _job(tmp_path, "keys")
+    plan(job)
+    manifest = pathlib.Path(job.out_dir) / "tasks.json"
+    doc = json.loads(manifest.read_text())
+    doc["tasks"][0]["key"] = "../../../elsewhere"
+    manifest.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"task 0 has key '\.\./\.\./\.\./elsewhere'.*20 hex"):
+        load_manifest(job.out_dir)
+
+
+@pytest.mark.parametrize(
+    "option, match",
+    [
+        (["--workers", "abc"], r"argument --workers: 'abc': expected an integer N >= 1 or 'gpus'"),
+        (["--workers", "0"], r"argument --workers: '0': expected an integer N >= 1 or 'gpus'"),
+        (["--retries", "-3"], r"argument --retries: '-3': expected an integer >= 0"),
+    ],
+)
+def test_batch_run_options_are_checked_by_the_parser(tmp_path, capsys, option, match):
+    job = _job(tmp_path, "opts")
+    with pytest.raises(SystemExit, match="2"):
+        main(["batch", "run", job.path, *option])
+    assert re.search(match, capsys.readouterr().err)
+    assert not pathlib.Path(job.out_dir).exists()  # nothing planned, nothing run
+
+
+def test_run_local_checks_workers_and_retries(tmp_path):
+    job = _job(tmp_path, "lib")
+    plan(job)
+    with pytest.raises(ParameterError, match=r"retries=-3: expected an integer >= 0"):
+        run_local(job, retries=-3, log=None)
+    with pytest.raises(ParameterError, match=r"workers=True: expected an integer N >= 1"):
+        run_local(job, workers=True, log=None)
+
+
+# --- task processes and task locks ----------------------------------------------------------------
+
+SLEEPER = """
+import os, pathlib, sys, time
+from ptaflow.batch.executors import tie_to_parent
+if not tie_to_parent():
+    sys.exit(1)
+pathlib.Path(sys.argv[1], sys.argv[2]).write_text(str(os.getpid()))
+time.sleep(300)
+"""
+
+DRIVER = """
+import sys
+from ptaflow.batch import executors, load_job
+job_file, sleeper, pid_dir = sys.argv[1:4]
+executors.task_command = lambda out_dir, index, python=None: [
+    sys.executable, sleeper, pid_dir, str(index)
+]
+executors.run_local(load_job(job_file), workers=2, retries=0, log=None)
+"""
+
+
+def _gone(pid: int) -> bool:
+    """The process has ended (a zombie waiting for a parent that does not reap counts too)."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+@pytest.mark.parametrize(
+    "sig",
+    [
+        signal.SIGTERM,
+        signal.SIGINT,
+        pytest.param(
+            signal.SIGKILL,
+            marks=pytest.mark.skipif(
+                not sys.platform.startswith("linux"),
+                reason="task processes follow a SIGKILLed parent through Linux's prctl only",
+            ),
+        ),
+    ],
+)
+def test_a_killed_batch_run_takes_its_task_processes_with_it(tmp_path, sig):
+    job = _job(tmp_path, "killed")
+    plan(job)
+    (tmp_path / "sleeper.py").write_text(SLEEPER)
+    (tmp_path / "driver.py").write_text(DRIVER)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    driver = subprocess.Popen(
+        [sys.executable, str(tmp_path / "driver.py"), job.path, str(tmp_path / "sleeper.py"), pids],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180  # two interpreters importing JAX on a busy machine
+        while len(list(pids.iterdir())) < 2:
+            assert driver.poll() is None, driver.stderr.read()
+            assert time.monotonic() < deadline, "the two task processes did not start"
+            time.sleep(0.2)
+        time.sleep(0.2)  # the pid files are written before the sleep; let both settle
+        children = [int(p.read_text()) for p in pids.iterdir()]
+        assert not any(_gone(pid) for pid in children)
+        driver.send_signal(sig)
+        driver.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while not all(_gone(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(_gone(pid) for pid in children), f"task processes {children} outlived the run"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        driver.stderr.close()
+        for p in pids.iterdir():
+            try:
+                os.kill(int(p.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+
+
+HOLDER = """
+import pathlib, sys, time
+from ptaflow.batch.run import _lock_task
+lock, holder = _lock_task(pathlib.Path(sys.argv[1]))
+assert lock is not None, holder
+print("locked", flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_task_locked_by_a_live_process_is_not_run_twice(tmp_path, monkeypatch):
+    from ptaflow.batch import run_task, task_dir
+
+    job = _job(tmp_path, "locked")
+    tasks = plan(job)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(task_dir(job.out_dir, tasks[0]))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        calls = []
+
+        def crash(model, settings, **kwargs):
+            calls.append(model)
+            raise RuntimeError("a failure, so that the task stays unfinished")
+
+        monkeypatch.setattr(compare_module, "evaluate_model", crash)
+        messages: list[str] = []
+        run_local(job, workers=1, retries=1, log=messages.append)
+        assert calls == ["powerlaw", "powerlaw"]  # task 0 (smbhb) was never started
+        busy = f"task 0 (ng15-refit/default/r0 smbhb): running in pid {holder.pid} on "
+        assert sum(m.startswith(busy) for m in messages) == 1
+        outcome = run_task(job.out_dir, tasks[0])  # a second process asking directly
+        assert outcome.status == "pending" and f"pid {holder.pid}" in outcome.reason
+        assert calls == ["powerlaw", "powerlaw"]
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    # The kernel releases the lock of a process however it ended: the next run takes the task.
+    run_local(job, workers=1, retries=0, log=None)
+    assert calls[2:] == ["smbhb", "powerlaw"]

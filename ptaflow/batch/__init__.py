@@ -22,6 +22,7 @@ from .run import (
     run_task,
     task_dir,
     task_from_dict,
+    task_holder,
     task_states,
 )
 from .spec import (
@@ -54,5 +55,6 @@ __all__ = [
     "run_task",
     "task_dir",
     "task_from_dict",
+    "task_holder",
     "task_states",
 ]

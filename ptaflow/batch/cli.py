@@ -19,8 +19,12 @@ def add_batch_commands(sub) -> None:
     run = bsub.add_parser("run", help="run the unfinished tasks of a job")
     run.add_argument("job", help="TOML job file")
     run.add_argument("--executor", choices=["local", "ray", "slurm"], help="default: the job's")
-    run.add_argument("--workers", help="local: N worker processes or 'gpus' (one per visible GPU)")
-    run.add_argument("--retries", type=int, help="extra attempts per task in this run")
+    run.add_argument(
+        "--workers",
+        type=_workers,
+        help="local: N worker processes or 'gpus' (one per visible GPU)",
+    )
+    run.add_argument("--retries", type=_retries, help="extra attempts per task in this run")
     run.add_argument("--address", help="ray: cluster address ('auto', 'ray://head:10001')")
     run.add_argument("--no-submit", action="store_true", help="slurm: write the sbatch script only")
     run.add_argument("--no-report", action="store_true", help="skip the report at the end")
@@ -50,13 +54,28 @@ def _x64() -> None:
     jax.config.update("jax_enable_x64", True)
 
 
-def _workers(value: str | None):
-    if value is None or value == "gpus":
+def _workers(value: str) -> int | str:
+    """argparse type of --workers: an integer N >= 1 or 'gpus'."""
+    if value == "gpus":
         return value
     try:
-        return int(value)
+        n = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--workers {value!r}: expected N or 'gpus'") from None
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected an integer N >= 1 or 'gpus'")
+    return n
+
+
+def _retries(value: str) -> int:
+    """argparse type of --retries: an integer >= 0."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected an integer >= 0")
+    return n
 
 
 def _run(args) -> int:
@@ -76,7 +95,7 @@ def _run(args) -> int:
         executors.run_ray(job, address=args.address, retries=args.retries)
     else:
         _x64()
-        executors.run_local(job, workers=_workers(args.workers), retries=args.retries)
+        executors.run_local(job, workers=args.workers, retries=args.retries)
     states = task_states(job.out_dir, tasks)
     if not args.no_report:
         print()
@@ -109,7 +128,11 @@ def _report(args) -> int:
 def _run_task(args) -> int:
     from ..errors import ParameterError
     from . import load_manifest, run_task
+    from .executors import tie_to_parent
 
+    if not tie_to_parent():
+        print("the batch run that started this task has ended; not running it")
+        return 1
     _x64()
     _, tasks = load_manifest(args.out_dir)
     if not 0 <= args.index < len(tasks):

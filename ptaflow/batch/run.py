@@ -10,12 +10,15 @@ Output folder of a job (`JobSpec.out_dir`):
     tasks/KEY/posterior.h5    weighted flow samples, diagnostics, settings and the trained flow
     tasks/KEY/attempts.json   attempts so far, host and process of the latest, its state
     tasks/KEY/error.txt       traceback of the latest failed attempt
+    tasks/KEY/lock            locked while a process runs the task (names that process)
     report/                   `ptaflow batch report`: tables (CSV, JSON) and Bayes-factor PNGs
 
 A task is done when its result.json exists and holds the task's key; everything else is
 written before it, atomically, so a task killed at any point leaves either a complete result
 or none, and is simply run again. Failed tasks (non-finite values, a divergent fit) are
-retried by the next run.
+retried by the next run. A task runs in one process at a time: the process holds the lock
+of `tasks/KEY/lock` (flock), and every other run skips the task meanwhile; the kernel drops the
+lock when that process ends in any way, so a killed run leaves no stale lock behind.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import socket
 import traceback
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import IO, Any
 
 from ..errors import DataError
 from .spec import JobSpec, Task, expand_tasks
@@ -44,6 +47,7 @@ __all__ = [
     "task_dir",
     "load_result",
     "run_task",
+    "task_holder",
     "task_states",
     "format_status",
     "BatchReport",
@@ -58,8 +62,18 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+_KEY = re.compile(r"[0-9a-f]{20}")
+
+
+def _check_key(task: Task) -> None:
+    """Task keys name folders: one from an edited tasks.json must not lead outside tasks/."""
+    if not isinstance(task.key, str) or _KEY.fullmatch(task.key) is None:
+        raise DataError(f"task {task.index} has key {task.key!r}: expected 20 hex digits")
+
+
 def task_dir(out_dir: str | pathlib.Path, task: Task) -> pathlib.Path:
     """Folder of one task's files."""
+    _check_key(task)
     return pathlib.Path(out_dir) / "tasks" / task.key
 
 
@@ -103,7 +117,9 @@ def task_from_dict(d: dict) -> Task:
     if isinstance(s.get("pulsars"), list):
         s["pulsars"] = tuple(s["pulsars"])
     fields = {f.name for f in dataclasses.fields(Task)} - {"settings"}
-    return Task(**{k: d[k] for k in fields}, settings=CompareSettings(**s))
+    task = Task(**{k: d[k] for k in fields}, settings=CompareSettings(**s))
+    _check_key(task)
+    return task
 
 
 def load_manifest(out_dir: str | pathlib.Path) -> tuple[dict, tuple[Task, ...]]:
@@ -138,6 +154,49 @@ def _read_json(path: pathlib.Path) -> dict | None:
         return None
 
 
+def _lock_task(folder: pathlib.Path) -> tuple[IO | None, str]:
+    """Take a task's lock without waiting: (the open lock file, "") or (None, its holder).
+
+    An exclusive flock(2) on `folder/lock`, released when the file is closed or its process
+    ends, however (SIGKILL included), so a lock never outlives its holder. The file names the
+    holder for the messages of other processes. File systems without flock (e.g. Lustre
+    mounted without it) leave tasks unlocked, as before locks existed.
+    """
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fh = open(folder / "lock", "a+")  # held until _unlock_task
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        return None, holder
+    except OSError:
+        return fh, ""
+    fh.truncate(0)
+    fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {_now()}\n")
+    fh.flush()
+    return fh, ""
+
+
+def _unlock_task(fh: IO) -> None:
+    fh.truncate(0)
+    fh.close()
+
+
+def task_holder(out_dir: str | pathlib.Path, task: Task) -> str:
+    """Who runs the task now ("pid P on HOST since T"), or "" when no process does."""
+    folder = task_dir(out_dir, task)
+    if not (folder / "lock").exists():
+        return ""
+    fh, holder = _lock_task(folder)
+    if fh is not None:
+        _unlock_task(fh)
+    return holder
+
+
 def load_result(out_dir: str | pathlib.Path, task: Task) -> dict | None:
     """The task's result record if it finished with its current inputs, else None."""
     rec = _read_json(task_dir(out_dir, task) / "result.json")
@@ -156,7 +215,9 @@ def run_task(
     """Run one task (unless already done) and write its files; returns its `ModelOutcome`.
 
     A model failure does not raise: the outcome is "failed", error.txt holds the traceback and
-    the next run retries the task. Needs JAX float64 on (`jax_enable_x64`).
+    the next run retries the task. A task that another process is running (it holds the task's
+    lock) is not started: the outcome is then "pending", its reason names that process. Needs
+    JAX float64 on (`jax_enable_x64`).
 
     Args:
         out_dir: the job's output folder.
@@ -164,14 +225,29 @@ def run_task(
         log: progress messages; None for silence.
         force: run even if a result with the same key exists.
     """
+    from ..compare import ModelOutcome
+
+    say = log or (lambda _msg: None)
+    lock, holder = _lock_task(task_dir(out_dir, task))
+    if lock is None:
+        reason = f"running in {holder}; not started again"
+        say(f"task {task.index} ({task.group} {task.model_name}): {reason}")
+        return ModelOutcome(name=task.model_name, status="pending", reason=reason, key=task.key)
+    try:  # the result is read under the lock: a run that held it may just have finished
+        if not force and (rec := load_result(out_dir, task)) is not None:
+            say(f"task {task.index} ({task.group} {task.model_name}): done before; skipped")
+            return ModelOutcome.from_dict(rec["outcome"])
+        return _attempt(out_dir, task, say)
+    finally:
+        _unlock_task(lock)
+
+
+def _attempt(out_dir: str | pathlib.Path, task: Task, say: Callable[[str], None]):
+    """One attempt at a task whose lock this process holds (see `run_task`)."""
     from ..compare import ModelOutcome, ModelRun, evaluate_model
     from ..results import provenance, save_posterior, write_bytes_atomic, write_json_atomic
 
-    say = log or (lambda _msg: None)
     folder = task_dir(out_dir, task)
-    if not force and (rec := load_result(out_dir, task)) is not None:
-        say(f"task {task.index} ({task.group} {task.model_name}): done before; skipped")
-        return ModelOutcome.from_dict(rec["outcome"])
     attempts_path = folder / "attempts.json"
     previous = _read_json(attempts_path) or {}
     attempt = int(previous.get("attempts", 0)) + 1

@@ -6,9 +6,12 @@ and is keyed by a hash of its inputs: model file, data, settings, base seed, rep
 and ptaflow version. The task's seed derives from the base seed and that key, so the same job
 gives the same numbers whichever executor runs it, and a changed input gives a new task.
 
-Example (every key shown; only `models` and one `[[datasets]]` table are required):
+Every key and value is checked when the file is loaded: its type (a TOML true/false is no
+number, "300" no integer), its range, and the frequencies of each data set against its data
+(refit: the free-spectrum densities; full: the reduced file); errors name the key as
+TABLE.KEY. Example (every key shown; only `models` and one `[[datasets]]` table are required):
 
-    name = "ng15-sources"
+    name = "ng15-sources"           # letters, digits, '_.+-' (data-set, variant names too)
     out_dir = "runs/ng15-sources"   # relative to this file
     models = ["seed10"]             # names, model-file paths (relative to this file), presets
     reference = "smbhb"             # Bayes factors against this model (added if missing)
@@ -66,7 +69,10 @@ import dataclasses
 import hashlib
 import json
 import pathlib
+import re
 import sys
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -110,10 +116,105 @@ def _check_keys(table: Mapping, allowed: Sequence[str], where: str) -> None:
             )
 
 
-def _expect(value: Any, types: type | tuple[type, ...], where: str, what: str) -> Any:
-    """value if it is of `types` (a TOML true/false is not an integer), else ParameterError."""
-    if not isinstance(value, types) or (isinstance(value, bool) and types is int):
+def _expect(value: Any, kinds: type | tuple[type, ...], where: str, what: str) -> Any:
+    """value if it is of `kinds` (a TOML true/false is no number), else ParameterError."""
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         raise ParameterError(f"{where}: expected {what}, got {value!r}")
+    return value
+
+
+#: Job, data-set and variant names: they become file names, Slurm job names and report
+#: groups (separated by '/'), so letters, digits and '_.+-', starting with a letter or digit.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+
+
+def _safe_name(text: str) -> str:
+    """`text` with every run of characters a name may not hold replaced by '_'."""
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_.+-")[:64] or "job"
+
+
+def _check_name(value: Any, where: str) -> str:
+    """A job, data-set or variant name (see `_NAME`), else ParameterError naming `where`."""
+    if not isinstance(value, str) or _NAME.fullmatch(value) is None:
+        example = _safe_name(value) if isinstance(value, str) else "my-job"
+        raise ParameterError(
+            f"{where} = {value!r}: expected a name of letters, digits and '_.+-' that starts "
+            f"with a letter or digit (at most 64 characters), e.g. {example!r}"
+        )
+    return value
+
+
+def _one_line(value: str, where: str) -> str:
+    """A string without line breaks or other control characters (it goes into scripts)."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ParameterError(f"{where} = {value!r}: expected one line without control characters")
+    return value
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _check_value(value: Any, hint: Any, where: str) -> Any:
+    """`value` if it has the type `hint` (a settings field's annotation), else ParameterError.
+
+    An integer is a number too; true/false is neither; TOML has no null, so None is never
+    given. Strings must be single lines; `list[str]` is a list of them.
+    """
+    if typing.get_origin(hint) is list:
+        _expect(value, list, where, "a list of strings")
+        for item in value:
+            _one_line(_expect(item, str, where, "a list of strings"), where)
+        return value
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    kinds = [t for t in (typing.get_args(hint) if union else (hint,)) if t is not type(None)]
+    ok = any(
+        (t is bool and isinstance(value, bool))
+        or (not isinstance(value, bool) and t is float and isinstance(value, (int, float)))
+        or (not isinstance(value, bool) and t in (int, str) and isinstance(value, t))
+        for t in kinds
+    )
+    if not ok:
+        what = " or ".join(_TYPE_WORDS.get(t, getattr(t, "__name__", str(t))) for t in kinds)
+        raise ParameterError(f"{where} = {value!r}: expected {what}")
+    if isinstance(value, str):
+        _one_line(value, where)
+    return value
+
+
+#: Lower limits of settings that their classes (TrainConfig, CompareSettings) accept without
+#: a check, and of the executor options: (test, what is expected).
+_LIMITS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "prior_draws": (lambda v: v >= 1, "an integer >= 1"),
+    "prior_ess": (lambda v: v > 0, "a number > 0"),
+    "warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
+    "temper_steps": (lambda v: v >= 0, "an integer >= 0"),
+    "checkpoint_every": (lambda v: v >= 1, "an integer >= 1"),
+    "final_lr_fraction": (lambda v: 0 <= v <= 1, "a fraction 0..1"),
+    "min_delta": (lambda v: v >= 0, "a number >= 0"),
+    "n_flow_samples": (lambda v: v >= 1, "an integer >= 1"),
+    "n_per_chain": (lambda v: v >= 1, "an integer >= 1"),
+    "neutra_warmup": (lambda v: v >= 0, "an integer >= 0"),
+    "num_cpus": (lambda v: v > 0, "a number > 0"),
+    "gpus_per_task": (lambda v: v >= 0, "an integer >= 0"),
+    "cpus_per_task": (lambda v: v >= 0, "an integer >= 0"),
+    "max_parallel": (lambda v: v >= 0, "an integer >= 0 (0: no limit)"),
+}
+
+
+def _check_workers(value: Any, where: str) -> int | str:
+    """A number of local workers: an integer >= 1 or "gpus" (`where` names the option)."""
+    if value != "gpus" and not (
+        isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    ):
+        raise ParameterError(f"{where}{value!r}: expected an integer N >= 1 or 'gpus'")
+    return value
+
+
+def _check_retries(value: Any, where: str) -> int:
+    """A number of extra attempts: an integer >= 0 (`where` names the option)."""
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        raise ParameterError(f"{where}{value!r}: expected an integer >= 0")
     return value
 
 
@@ -270,7 +371,7 @@ def _parse_dataset(d: Any, i: int, base: pathlib.Path) -> DatasetSpec:
     _expect(d, dict, where, "a table")
     allowed = ("name", "mode", "pulsars", "data", "correlations", "n_rn", "n_gw", "n_freq")
     _check_keys(d, allowed, where)
-    name = _expect(d.get("name", f"dataset{i + 1}"), str, f"{where}.name", "a string")
+    name = _check_name(d.get("name", f"dataset{i + 1}"), f"{where}.name")
     where = f"[[datasets]] {name!r}"
     mode = d.get("mode", "refit")
     if mode not in ("refit", "full"):
@@ -286,7 +387,8 @@ def _parse_dataset(d: Any, i: int, base: pathlib.Path) -> DatasetSpec:
             raise ParameterError(f"{where}.pulsars = {pulsars}: expected N >= 1")
     data = d.get("data")
     if data is not None:
-        data = _resolve(base, _expect(data, str, f"{where}.data", "a file path"))
+        data = _expect(data, str, f"{where}.data", "a file path")
+        data = _resolve(base, _one_line(data, f"{where}.data"))
     corr = d.get("correlations", ["curn"])
     corr = [corr] if isinstance(corr, str) else corr
     _expect(corr, list, f"{where}.correlations", "a list of 'curn'/'hd'")
@@ -306,6 +408,7 @@ def _parse_dataset(d: Any, i: int, base: pathlib.Path) -> DatasetSpec:
             f"{where}: mode 'refit' uses the NG15 free-spectrum densities; 'pulsars', 'data' "
             "and 'correlations' apply to mode 'full'"
         )
+    _check_frequencies(where, mode, pulsars, data, ints)
     return DatasetSpec(
         name=name,
         mode=mode,
@@ -316,18 +419,59 @@ def _parse_dataset(d: Any, i: int, base: pathlib.Path) -> DatasetSpec:
     )
 
 
-def _settings_table(raw: Any, where: str, allowed: Sequence[str]) -> dict:
+def _check_frequencies(where: str, mode: str, pulsars, data: str | None, ints: dict) -> None:
+    """The data set's frequencies against its data: the densities (refit) or reduced file."""
+    if mode == "refit":
+        from ..likelihood import load_free_spectrum_densities
+
+        densities = load_free_spectrum_densities()
+        n_avail, what = int(densities.freqs.shape[0]), f"free-spectrum densities {densities.source}"
+        key = "n_freq"
+    else:
+        from ..posterior import select_reduced
+
+        if ints["n_gw"] > ints["n_rn"]:
+            raise ParameterError(
+                f"{where}.n_gw = {ints['n_gw']}: expected 1 <= n_gw <= n_rn = {ints['n_rn']} "
+                "(the common process uses the lowest red-noise frequencies)"
+            )
+        try:
+            reduced = select_reduced(data)
+        except DataError as exc:
+            raise DataError(f"{where}.data: {exc}") from exc
+        try:
+            select_reduced(reduced, pulsars)
+        except DataError as exc:
+            raise ParameterError(f"{where}.pulsars: {exc}") from exc
+        n_avail, what = reduced.n_freq, f"reduced data {data or 'shipped with ptaflow'}"
+        key = "n_rn"
+    if ints[key] > n_avail:
+        raise ParameterError(
+            f"{where}.{key} = {ints[key]}: expected 1..{n_avail} (the frequencies of the {what})"
+        )
+
+
+def _settings_table(raw: Any, where: str, fields: Mapping[str, Any]) -> dict:
+    """A table of settings: known keys (`fields`: name -> type), values of their type."""
     _expect(raw, dict, where, "a table")
-    _check_keys(raw, allowed, where)
+    _check_keys(raw, tuple(fields), where)
+    for key, value in raw.items():
+        _check_value(value, fields[key], f"{where}.{key}")
+        if key in _LIMITS and not _LIMITS[key][0](value):
+            raise ParameterError(f"{where}.{key} = {value!r}: expected {_LIMITS[key][1]}")
     return dict(raw)
 
 
-def _config_fields() -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _config_fields() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Settings that job tables may set, with their types: [train], [flow], [evidence]."""
+    from ..compare import CompareSettings
     from ..flows import FlowConfig, TrainConfig
 
+    evidence = typing.get_type_hints(CompareSettings)
     return (
-        tuple(f.name for f in dataclasses.fields(TrainConfig)),
-        tuple(f.name for f in dataclasses.fields(FlowConfig)),
+        typing.get_type_hints(TrainConfig),
+        typing.get_type_hints(FlowConfig),
+        {key: evidence[key] for key in _EVIDENCE_KEYS},
     )
 
 
@@ -360,10 +504,10 @@ def parse_job(
         "executor",
     )
     _check_keys(raw, top, "job")
-    name = _expect(
-        raw.get("name", pathlib.Path(path).stem if path else "job"), str, "name", "a string"
-    )
-    out_dir = _resolve(base, _expect(raw.get("out_dir", f"runs/{name}"), str, "out_dir", "a path"))
+    default_name = _safe_name(pathlib.Path(path).stem) if path else "job"
+    name = _check_name(raw.get("name", default_name), "name")
+    out_dir = _expect(raw.get("out_dir", f"runs/{name}"), str, "out_dir", "a path")
+    out_dir = _resolve(base, _one_line(out_dir, "out_dir"))
     models = raw.get("models")
     if models is None:
         raise ParameterError("job: 'models' is missing: expected a list of model names or presets")
@@ -381,8 +525,8 @@ def parse_job(
 
     for m in expanded:  # unknown names and broken files fail now, not mid-batch
         load_model(m, validate=False)
-    base_seed = _expect(raw.get("base_seed", 0), int, "base_seed", "an integer")
-    replicates = _expect(raw.get("replicates", 1), int, "replicates", "a positive integer")
+    base_seed = _check_value(raw.get("base_seed", 0), int, "base_seed")
+    replicates = _check_value(raw.get("replicates", 1), int, "replicates")
     if replicates < 1:
         raise ParameterError(f"replicates = {replicates}: expected a positive integer")
     ds_raw = raw.get("datasets")
@@ -393,23 +537,26 @@ def parse_job(
     names = [d.name for d in datasets]
     if len(set(names)) != len(names):
         raise ParameterError(f"[[datasets]] names repeat: {names}; expected distinct names")
-    train_fields, flow_fields = _config_fields()
+    train_fields, flow_fields, evidence_fields = _config_fields()
     train = _settings_table(raw.get("train", {}), "[train]", train_fields)
     flow = _settings_table(raw.get("flow", {}), "[flow]", flow_fields)
-    evidence = _settings_table(raw.get("evidence", {}), "[evidence]", _EVIDENCE_KEYS)
+    evidence = _settings_table(raw.get("evidence", {}), "[evidence]", evidence_fields)
     variants = []
-    for i, v in enumerate(raw.get("variants", [{"name": "default"}])):
+    variants_raw = raw.get("variants", [{"name": "default"}])
+    _expect(variants_raw, list, "variants", "an array of [[variants]] tables")
+    for i, v in enumerate(variants_raw):
         where = f"[[variants]] #{i + 1}"
         _expect(v, dict, where, "a table")
         _check_keys(v, ("name", "train", "flow", "evidence"), where)
-        vname = _expect(v.get("name", f"variant{i + 1}"), str, f"{where}.name", "a string")
+        vname = _check_name(v.get("name", f"variant{i + 1}"), f"{where}.name")
+        where = f"[[variants]] {vname!r}"
         variants.append(
             VariantSpec(
                 name=vname,
                 train=_settings_table(v.get("train", {}), f"{where}.train", train_fields),
                 flow=_settings_table(v.get("flow", {}), f"{where}.flow", flow_fields),
                 evidence=_settings_table(
-                    v.get("evidence", {}), f"{where}.evidence", _EVIDENCE_KEYS
+                    v.get("evidence", {}), f"{where}.evidence", evidence_fields
                 ),
             )
         )
@@ -438,32 +585,31 @@ def parse_job(
     return job
 
 
+_RAY_FIELDS = {"address": str, "num_cpus": float}
+_SLURM_FIELDS = {
+    "partition": str,
+    "time": str,
+    "gpus_per_task": int,
+    "cpus_per_task": int,
+    "mem": str,
+    "account": str,
+    "max_parallel": int,
+    "python": str,
+    "setup": list[str],
+    "extra": list[str],
+}
+
+
 def _parse_executor(raw: Any) -> ExecutorSpec:
     _expect(raw, dict, "[executor]", "a table")
     _check_keys(raw, ("kind", "workers", "retries", "ray", "slurm"), "[executor]")
     kind = raw.get("kind", "local")
     if kind not in ("local", "ray", "slurm"):
         raise ParameterError(f"[executor].kind = {kind!r}: expected 'local', 'ray' or 'slurm'")
-    workers = raw.get("workers", 1)
-    if workers != "gpus" and not (isinstance(workers, int) and workers >= 1):
-        raise ParameterError(f"[executor].workers = {workers!r}: expected N >= 1 or 'gpus'")
-    retries = _expect(raw.get("retries", 2), int, "[executor].retries", "an integer >= 0")
-    if retries < 0:
-        raise ParameterError(f"[executor].retries = {retries}: expected an integer >= 0")
-    ray = _settings_table(raw.get("ray", {}), "[executor.ray]", ("address", "num_cpus"))
-    slurm_keys = (
-        "partition",
-        "time",
-        "gpus_per_task",
-        "cpus_per_task",
-        "mem",
-        "account",
-        "max_parallel",
-        "python",
-        "setup",
-        "extra",
-    )
-    slurm = _settings_table(raw.get("slurm", {}), "[executor.slurm]", slurm_keys)
+    workers = _check_workers(raw.get("workers", 1), "[executor].workers = ")
+    retries = _check_retries(raw.get("retries", 2), "[executor].retries = ")
+    ray = _settings_table(raw.get("ray", {}), "[executor.ray]", _RAY_FIELDS)
+    slurm = _settings_table(raw.get("slurm", {}), "[executor.slurm]", _SLURM_FIELDS)
     return ExecutorSpec(kind=kind, workers=workers, retries=retries, ray=ray, slurm=slurm)
 
 
@@ -499,7 +645,25 @@ def _settings(job: JobSpec, ds: DatasetSpec, correlation: str, variant: VariantS
             **{**job.evidence, **variant.evidence},
         )
     except (TypeError, ValueError) as exc:
-        raise ParameterError(f"{where}: {exc}") from exc
+        raise ParameterError(f"{_origin(str(exc), job, variant) or where}: {exc}") from exc
+
+
+def _origin(message: str, job: JobSpec, variant: VariantSpec) -> str | None:
+    """'TABLE.KEY = VALUE' of the job-file key that a settings class's error message names.
+
+    TrainConfig and FlowConfig messages start with 'TrainConfig.KEY=' / 'FlowConfig.KEY=',
+    CompareSettings ones with 'KEY='. None when the key was not set in the job file.
+    """
+    match = re.match(r"(?:(TrainConfig|FlowConfig)\.)?(\w+)=", message)
+    if match is None:
+        return None
+    table = {"TrainConfig": "train", "FlowConfig": "flow"}.get(match[1], "evidence")
+    key = match[2]
+    if key in getattr(variant, table):
+        return f"[[variants]] {variant.name!r}.{table}.{key} = {getattr(variant, table)[key]!r}"
+    if key in getattr(job, table):
+        return f"[{table}].{key} = {getattr(job, table)[key]!r}"
+    return None
 
 
 def _digest(obj: Any) -> str:
