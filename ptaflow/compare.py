@@ -956,35 +956,56 @@ def _write_outputs(
     write_bytes_atomic(out / "comparison.h5", tmp.read_bytes())
     tmp.unlink()
     if plots:
-        _plots(table, out, models, log)
+        _plots(table, out, models, log, comparison_context(table.settings, data_id))
 
 
-def plot_comparison_bayes_factors(table: Comparison, path: str | pathlib.Path) -> bool:
+def comparison_context(settings: CompareSettings, data_id: dict | None = None) -> str:
+    """What a comparison's figures show (data, mode, correlation, pulsars), for their titles."""
+    from .plots import figure_context
+
+    data_id = data_identity(settings) if data_id is None else data_id
+    if settings.mode == "refit":
+        name = pathlib.Path(str(data_id["densities"])).name
+        return figure_context(
+            f"free-spectrum densities {name} ({settings.n_freq} frequencies)", mode="refit"
+        )
+    data = pathlib.Path(str(settings.data)).name if settings.data is not None else "NG15 (shipped)"
+    return figure_context(
+        data, mode="full", correlation=settings.correlation, pulsars=data_id["pulsars"]
+    )
+
+
+def plot_comparison_bayes_factors(
+    table: Comparison, path: str | pathlib.Path, context: str = ""
+) -> bool:
     """Bar chart of a comparison's ln B (harmonic mean, importance sampling beside it) with
-    errors, for the models with a finite ln B; returns False (nothing written) if none has."""
+    errors, every model with its status (flagged hatched, failed marked); returns False
+    (nothing written) if no model has a finite ln B."""
     from .plots import plot_bayes_factors
 
-    ok = [r for r in table.rows() if math.isfinite(r["ln_B"])]
-    if not ok:
+    rows = table.rows()
+    if not any(math.isfinite(r["ln_B"]) for r in rows):
         return False
     plot_bayes_factors(
-        [r["model"] for r in ok],
-        [r["ln_B"] for r in ok],
-        [r["ln_B_err"] for r in ok],
+        [r["model"] for r in rows],
+        [r["ln_B"] for r in rows],
+        [r["ln_B_err"] for r in rows],
         reference=table.reference,
-        second=([r["ln_B_importance"] for r in ok], [r["ln_B_importance_err"] for r in ok]),
+        second=([r["ln_B_importance"] for r in rows], [r["ln_B_importance_err"] for r in rows]),
+        status=[r["status"] for r in rows],
+        context=context,
         path=path,
     )
     return True
 
 
-def _plots(table: Comparison, out: pathlib.Path, models: dict, log) -> None:
+def _plots(table: Comparison, out: pathlib.Path, models: dict, log, context: str = "") -> None:
     """Bayes factors, one corner plot per finished model and the spectra overlay, from the
     posteriors saved in out/models (those of models finished in an earlier run included)."""
     from .likelihood import load_free_spectrum_densities
     from .plots import plot_corner, plot_spectrum, spectrum_draws
 
-    plot_comparison_bayes_factors(table, out / "bayes_factors.png")
+    plot_comparison_bayes_factors(table, out / "bayes_factors.png", context=context)
     dens = load_free_spectrum_densities()
     spectra = {}
     for o in table.outcomes:
@@ -1003,11 +1024,14 @@ def _plots(table: Comparison, out: pathlib.Path, models: dict, log) -> None:
             [theta],
             param_names=model.param_names,
             labels=[o.name],
-            latex_labels={n: labels.get(n, n) for n in model.param_names},
+            latex_labels={n: labels[n] for n in model.param_names if n in labels},
+            context=context,
             path=out / f"corner_{o.name}.png",
         )
         spectra[o.name] = spectrum_draws(
             model, theta, dens.freqs[: table.settings.n_freq], dens.tspan
         )
     if spectra:
-        plot_spectrum(spectra, dens, n_freq=table.settings.n_freq, path=out / "spectra.png")
+        plot_spectrum(
+            spectra, dens, n_freq=table.settings.n_freq, context=context, path=out / "spectra.png"
+        )

@@ -401,7 +401,7 @@ def test_resumed_comparison_has_every_model_in_tables_plots_and_strict_json(tmp_
     assert any("powerlaw: already done" in m for m in messages)
     assert [o.status for o in table.outcomes][2] == "failed"
     assert plotted == {
-        "bf": ["powerlaw", "smbhb"],
+        "bf": ["powerlaw", "smbhb", "bad_model"],
         "corner": ["powerlaw", "smbhb"],
         "spectra": ["powerlaw", "smbhb"],
     }

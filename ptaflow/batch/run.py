@@ -506,7 +506,11 @@ def _replicate_summary(comparisons: dict) -> list[dict]:
 
 
 def _plots(comparisons: dict, out: pathlib.Path) -> None:
-    from ..compare import plot_comparison_bayes_factors
+    from ..compare import comparison_context, plot_comparison_bayes_factors
 
     for group, table in comparisons.items():
-        plot_comparison_bayes_factors(table, out / f"bayes_factors_{_slug(group)}.png")
+        plot_comparison_bayes_factors(
+            table,
+            out / f"bayes_factors_{_slug(group)}.png",
+            context=comparison_context(table.settings),
+        )
