@@ -894,6 +894,11 @@ def make_refit_likelihood(
 ) -> RefitLikelihood:
     """Build the refit likelihood (default: NG15 HD free spectrum, its 14 lowest frequencies,
     as in the NANOGrav 15-yr new-physics search, arXiv:2306.16219)."""
+    if not jax.config.jax_enable_x64:
+        # In float32 the flow fits fail later with messages that do not say why.
+        raise DataError(
+            "PTA likelihoods need float64: call jax.config.update('jax_enable_x64', True) first"
+        )
     densities = load_free_spectrum_densities() if densities is None else densities
     n_avail = int(densities.freqs.shape[0])
     if not 1 <= n_freq <= n_avail:

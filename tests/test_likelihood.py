@@ -515,3 +515,18 @@ def test_free_spectrum_densities_errors(tmp_path):
         load_free_spectrum_densities(tmp_path)
     default = load_free_spectrum_densities()
     assert default.tspan == pytest.approx(1.0 / float(np.load(folder / "freqs.npy")[0]), rel=1e-15)
+
+
+def test_refit_likelihood_refuses_float32():
+    # Without float64 a refit fit used to fail much later ("cov is not a positive-definite
+    # covariance matrix"); the builder now says what is missing, as make_likelihood does.
+    import subprocess
+    import sys
+
+    code = (
+        "from ptaflow.errors import DataError\n"
+        "from ptaflow.likelihood import make_refit_likelihood\n"
+        "try:\n    make_refit_likelihood()\nexcept DataError as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "need float64" in out.stdout and "jax_enable_x64" in out.stdout
