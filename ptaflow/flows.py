@@ -715,10 +715,11 @@ def _anneal_beta(log_like, log_rest, log_q, beta: float, ratio: float) -> float:
         lw = np.where(np.isfinite(log_like), log_rest + b * log_like - log_q, -np.inf)
         return importance_ess(np.where(np.isfinite(lw), lw, -np.inf)) / n
 
-    floor = max(ratio * ess(beta), ANNEAL_MIN_ESS)
+    now = ess(beta)
+    floor = max(ratio * now, ANNEAL_MIN_ESS)
     if ess(1.0) >= floor:
         return 1.0
-    if ess(beta) < floor:
+    if now < floor:
         return beta
     lo, hi = beta, 1.0
     for _ in range(30):  # bisection; the ESS falls as beta rises past the flow's own target

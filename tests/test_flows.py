@@ -20,6 +20,7 @@ import pytest
 from scipy.stats import multivariate_normal
 
 import ptaflow.flows as flows_module
+from ptaflow.compare import REFIT_TRAIN_ANNEALED
 from ptaflow.errors import DataError, ParameterError
 from ptaflow.flows import (
     REFINE_TRACES,
@@ -246,20 +247,9 @@ class _TwoModes(eqx.Module):
         return log_like, log_prior
 
 
-ANNEALED = TrainConfig(
-    init="prior",
-    max_steps=0,
-    prior_draws=16384,
-    prior_ess=2000.0,
-    refine_rounds=60,
-    refine_pool=4096,
-    refine_steps=20,
-    refine_batch=256,
-    refine_learning_rate=3e-3,
-    refine_patience=5,
-    refine_target_ess=0.95,
-    refine_anneal_ess=0.5,
-    refine_keep_best=True,
+# Refit mode's annealed training (`compare.REFIT_TRAIN_ANNEALED`) on smaller pools.
+ANNEALED = dataclasses.replace(
+    REFIT_TRAIN_ANNEALED, prior_draws=16384, prior_ess=2000.0, refine_rounds=60, refine_pool=4096
 )
 ANNEALED_FLOW = FlowConfig(family="coupling", flow_layers=4, nn_width=32)
 
