@@ -85,6 +85,20 @@ def _parser() -> argparse.ArgumentParser:
     full.add_argument("--pulsars", type=int, default=10)
     full.add_argument("--max-steps", type=int, default=None, help="reverse-KL steps (cap)")
     full.add_argument("--refine-rounds", type=int, default=None)
+    full.add_argument(
+        "--train",
+        nargs="+",
+        default=(),
+        metavar="KEY=VALUE",
+        help="TrainConfig fields to change, e.g. refine_patience=3 (values read as Python literals)",
+    )
+    full.add_argument(
+        "--flow",
+        nargs="+",
+        default=(),
+        metavar="KEY=VALUE",
+        help="FlowConfig fields to change, e.g. family=coupling flow_layers=8",
+    )
     full.add_argument("--n-flow-samples", type=int, default=None)
     full.add_argument("--n-per-chain", type=int, default=None)
     full.add_argument(
@@ -165,6 +179,22 @@ def _provenance(args, ptaflow) -> dict:
     }
 
 
+def _overrides(pairs) -> dict:
+    """KEY=VALUE strings as a dict, each value a Python literal (a bare word stays a string)."""
+    import ast
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"{pair!r}: expected KEY=VALUE")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
 def _settings(args):
     from ptaflow.compare import CompareSettings
 
@@ -184,7 +214,13 @@ def _settings(args):
     if args.devices != "1":
         devices = "all" if args.devices == "all" else int(args.devices)
         train = dataclasses.replace(train or TrainConfig(), devices=devices)
+    if args.train:
+        train = dataclasses.replace(train or TrainConfig(), **_overrides(args.train))
     changes = {"train": train}
+    if args.flow:
+        from ptaflow.flows import FlowConfig
+
+        changes["flow"] = dataclasses.replace(settings.flow or FlowConfig(), **_overrides(args.flow))
     if args.n_flow_samples is not None:
         changes["n_flow_samples"] = args.n_flow_samples
     if args.n_per_chain is not None:

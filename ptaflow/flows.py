@@ -576,18 +576,28 @@ TARGET_CHUNK = 4096
 
 
 @eqx.filter_jit
-def _target_parts_chunk(target, z):
-    return jax.vmap(_split_target(target))(z)
+def _target_parts_chunk(target, z, devices=None):
+    split = _split_target(target)
+    if devices is None:
+        return jax.vmap(split)(z)
+    return map_rows(split, z, None, devices)
 
 
-def target_parts(target, z, *, chunk: int = TARGET_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+def target_parts(
+    target, z, *, chunk: int = TARGET_CHUNK, devices: int | str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(tempered part, untempered part) of the target at the rows of z (host arrays).
 
     For a `Posterior`, (ln L, ln pi + ln |det dtheta/dz|); for a function, (ln p, 0). Rows
     go through one compiled function of `chunk` rows (the last chunk padded), so a target
-    compiles once whatever the number of points.
+    compiles once whatever the number of points: prior draws, refinement pools and
+    importance samples share it. With `devices` (as `TrainConfig.devices`), each chunk is
+    split into one equal block per device (`ptaflow.devices.map_rows`); the values do not
+    depend on it.
     """
-    return fixed_chunks(lambda x: _target_parts_chunk(target, x), np.asarray(z), chunk)
+    if devices in (None, 1):
+        devices = None
+    return fixed_chunks(lambda x: _target_parts_chunk(target, x, devices), np.asarray(z), chunk)
 
 
 def _partition(flow):
@@ -642,13 +652,6 @@ def _train_step(params, static, target, opt_state, key, beta, optimizer, num_sam
 def draw_with_log_q(flow, key, n: int):
     """n flow samples and their flow log-density (one compiled call per flow structure and n)."""
     return flow.sample_and_log_prob(key, (n,))
-
-
-@eqx.filter_jit
-def _pool_log_p(target, z, devices):
-    """ln p at the pool (values only), rows split over `devices`."""
-    split = _split_target(target)
-    return map_rows(lambda x: sum(split(x)), z, 1024, devices)
 
 
 @eqx.filter_jit
@@ -736,14 +739,10 @@ def _refine_round(key, params, static, target, opt_state, optimizer, config, mes
     key_pool, key_pick = jax.random.split(key)
     z, log_q = draw_with_log_q(eqx.combine(params, static), key_pool, config.refine_pool)
     log_q = np.asarray(log_q)
+    log_like, log_rest = target_parts(target, z, devices=None if mesh is None else mesh.size)
     if beta < 1.0:
-        log_like, log_rest = target_parts(target, z)
         beta = _anneal_beta(log_like, log_rest, log_q, beta, config.refine_anneal_ess)
-        log_p = log_rest + beta * log_like if beta < 1.0 else log_rest + log_like
-    elif mesh is None:
-        log_p = sum(target_parts(target, z))
-    else:
-        log_p = np.asarray(_pool_log_p(target, z, mesh.size))
+    log_p = log_rest + beta * log_like if beta < 1.0 else log_rest + log_like
     log_w = log_p - log_q
     log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
     if not np.any(np.isfinite(log_w)):
@@ -951,6 +950,9 @@ def fit_variational(
         refine_ess = list(header.get("refine_ess", []))
         refine_khat = list(header.get("refine_khat", []))
         refine_beta = list(header.get("refine_beta", [1.0] * len(refine_ess)))
+    # The refinement pools evaluate the target as given (not replicated): the same compiled
+    # values then serve the importance samples after the fit.
+    pool_target = target
     if sharding is not None:
         params, opt_state, best_params, target, refine_state = _place(
             (params, opt_state, best_params, target, refine_state), sharding
@@ -1042,6 +1044,8 @@ def fit_variational(
         # point (e.g. into a likelihood plateau) does not return the drifted flow.
         params = best_params if np.isfinite(best) else params
         stage, refine_state = "refine", refine_optimizer.init(params)
+        if refine_mesh is not None:  # as the refinement steps return them: one compilation
+            params, refine_state = _place((params, refine_state), sharding)
         best_params = params  # from here on: the flow of the best refinement pool
         if ckpt_path is not None:
             save(step)
@@ -1062,7 +1066,7 @@ def fit_variational(
                     jax.random.fold_in(key_refine, refine_round),
                     params,
                     static,
-                    target,
+                    pool_target,
                     refine_state,
                     refine_optimizer,
                     config,
