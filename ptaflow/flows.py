@@ -89,8 +89,17 @@ _CHECKPOINT_FORMAT = 2
 class FlowConfig:
     """Architecture of a flow.
 
+    The default, eight coupling layers, is fast in both directions: its samples (reverse-KL
+    training, importance draws) and its density (forward-KL refinement, harmonic means) each
+    take one pass, where a masked autoregressive flow needs n_dim passes for one of them
+    (in 22-D its refinement rounds took 6 s each against 1 s). Measured on the 10-pulsar NG15
+    CURN posterior against a 4 x 7000 NUTS reference, it is as accurate as four masked
+    autoregressive layers (weighted max 1-D Hellinger 0.033-0.038 against 0.037, khat 0.50-0.57
+    against 0.56; `benchmarks/results/`).
+
     Attributes:
-        family: "maf" (masked autoregressive, default) or "coupling".
+        family: "coupling" (default) or "maf" (masked autoregressive). In one dimension, where
+            coupling is undefined, "coupling" builds the same layers as "maf".
         flow_layers: number of spline layers.
         nn_width, nn_depth: conditioner network width and hidden-layer count.
         knots: spline knots per dimension.
@@ -98,8 +107,8 @@ class FlowConfig:
             Laplace-whitened coordinates.
     """
 
-    family: str = "maf"
-    flow_layers: int = 4
+    family: str = "coupling"
+    flow_layers: int = 8
     nn_width: int = 64
     nn_depth: int = 1
     knots: int = 8
@@ -121,6 +130,13 @@ class FlowConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Variational training options (defaults tuned once for NG15 10-pulsar CURN/HD, 22-D).
+
+    The reverse-KL stage stops after 200 steps without improvement and the forward-KL rounds
+    after three without a better pool: the rounds finish what the gradient steps leave, at the
+    cost of target values alone. On the 10-pulsar CURN posterior this took 1251 steps and 7
+    rounds against 2125 steps and 6 rounds with a patience of 600 steps, at the same accuracy
+    against NUTS (weighted max 1-D Hellinger 0.037 against 0.038, khat 0.54 against 0.57) and a
+    lower importance ESS (20 % against 48 % of the draws).
 
     Attributes:
         max_steps: upper limit of reverse-KL optimisation steps (0: no reverse-KL stage; the
@@ -197,7 +213,7 @@ class TrainConfig:
     clip_norm: float = 10.0
     temper_steps: int = 100
     beta0: float = 0.3
-    patience: int = 600
+    patience: int = 200
     min_delta: float = 0.005
     smoothing: float = 0.02
     init: str = "laplace"
@@ -212,7 +228,7 @@ class TrainConfig:
     refine_steps: int = 20
     refine_batch: int = 256
     refine_learning_rate: float = 1e-4
-    refine_patience: int = 0
+    refine_patience: int = 3
     refine_target_ess: float | None = None
     refine_anneal_ess: float | None = None
     refine_keep_best: bool = False
@@ -360,8 +376,6 @@ def make_flow(
     chol = jnp.linalg.cholesky(cov)
     if not bool(jnp.all(jnp.isfinite(chol))):
         raise ParameterError("cov is not a positive-definite covariance matrix")
-    if n_dim == 1 and config.family == "coupling":
-        raise ParameterError("a coupling flow needs n_dim >= 2; use family='maf'")
     fresh = _new_flow(key, n_dim, config, loc, chol)
     # Its arrays (parameters, and fixed ones such as the random permutations between layers),
     # with the Python functions of one flow built earlier of this architecture.
@@ -373,7 +387,8 @@ def make_flow(
 def _new_flow(key, n_dim: int, config: FlowConfig, loc, chol) -> Transformed:
     base = StandardNormal((n_dim,))
     transformer = RationalQuadraticSpline(knots=config.knots, interval=config.interval)
-    build = masked_autoregressive_flow if config.family == "maf" else coupling_flow
+    # One dimension has no coupling split: a masked autoregressive layer is a plain spline there.
+    build = masked_autoregressive_flow if config.family == "maf" or n_dim == 1 else coupling_flow
     # invert=False: sampling (the ELBO's direction) is one pass; log_prob is the slow one.
     spline = build(
         key,
