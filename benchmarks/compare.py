@@ -10,7 +10,7 @@ and in combined sigma, wall times.
   densities (default the seed paper's ten, preset "seed10"); baseline dynesty.
 - `--mode full`: per-pulsar power-law red noise + the model's common process (CURN or HD) on
   the N best pulsars of the shipped reduced NG15 statistics; baseline plain NUTS in z space
-  (`ptaflow.inference.nuts_baseline`) with the learned harmonic mean on its chains, or
+  (`ptaflow.baselines.mcmc.nuts_baseline`) with the learned harmonic mean on its chains, or
   dynesty (`--baseline dynesty`).
 
     .venv/bin/python benchmarks/compare.py [--models seed10] [--n-live 500]
@@ -75,8 +75,8 @@ def _nuts_evidence(posterior, args, seed: int, temperature: float) -> dict:
     """
     import jax
 
+    from ptaflow.baselines.mcmc import nuts_baseline
     from ptaflow.evidence import estimate_evidence_harmonic
-    from ptaflow.inference import nuts_baseline
 
     t0 = time.perf_counter()
     chains = nuts_baseline(
@@ -108,7 +108,7 @@ def _nuts_evidence(posterior, args, seed: int, temperature: float) -> dict:
 
 
 def _dynesty_evidence(posterior, args, seed: int) -> dict:
-    from ptaflow.nested import nested_sampling_evidence
+    from ptaflow.baselines.nested import nested_sampling_evidence
 
     ns = nested_sampling_evidence(
         posterior, n_live=args.n_live, seed=seed, sample=args.dynesty_sample

@@ -128,8 +128,8 @@ def _ptmcmc(args, post, tspan, correlation, out_dir):
     import numpy as np
     from numpyro.diagnostics import effective_sample_size
 
+    from ptaflow.baselines.ptmcmc import make_enterprise_pta, run_ptmcmc
     from ptaflow.likelihood import PowerLawProcess
-    from ptaflow.ptmcmc import make_enterprise_pta, run_ptmcmc
 
     names = list(post.likelihood.psr_names)
     paths = [args.shared / f"{n}.feather" for n in names]
@@ -164,7 +164,7 @@ def _stored_reference_ess(ref, path):
     mcmc_result stores the chains' draws one chain after another; ranks make the bulk ESS
     the same in the physical parameters as in z.
     """
-    from ptaflow.sampling import rhat_and_ess
+    from ptaflow.diagnostics import rhat_and_ess
 
     n_chains = ref.settings.get("num_chains")
     if not n_chains or ref.samples.shape[0] % int(n_chains):
@@ -179,8 +179,8 @@ def _reference(args, post, correlation, out_dir, devices):
     import jax
     import numpy as np
 
+    from ptaflow.baselines.mcmc import mcmc_result, nuts_baseline
     from ptaflow.flows import FlowConfig, flow_from_bytes
-    from ptaflow.inference import mcmc_result, nuts_baseline
     from ptaflow.results import load_posterior, save_posterior
     from ptaflow.sampling import run_neutra
 

@@ -1,6 +1,6 @@
-"""Sample-quality measures: Pareto-smoothed importance sampling and Hellinger distances.
+"""Sample-quality measures: Pareto-smoothed importance sampling, R-hat/ESS, Hellinger distances.
 
-Two families of checks used throughout ptaflow:
+Three families of checks used throughout ptaflow:
 
 * **Importance weights.** `psis` / `psis_khat` fit a generalized Pareto distribution (GPD) to
   the largest importance weights (Vehtari, Simpson, Gelman, Yao & Gabry, "Pareto smoothed
@@ -8,6 +8,11 @@ Two families of checks used throughout ptaflow:
   index of the weight distribution: the weights have a finite variance only for k < 1/2, and
   importance-sampling estimates are reliable for khat below `psis_khat_threshold(n)` =
   min(1 - 1/log10(n), 0.7). `importance_ess` is Kish's effective sample size.
+* **MCMC convergence.** `rhat_and_ess`: rank-normalised split R-hat (the larger of the bulk
+  and folded, tail, versions) and bulk effective sample size of a set of chains (Vehtari,
+  Gelman, Simpson, Carpenter & Buerkner 2021, Bayesian Analysis 16, 667; arXiv:1903.08008).
+  It is the one R-hat of ptaflow: every sampler's result (NUTS, NeuTra, independence
+  Metropolis-Hastings, pooled reference chains) reports it.
 * **Posterior agreement.** `hellinger_1d` / `hellinger_2d` estimate the Hellinger distance
   H = sqrt(1 - integral sqrt(p q)) between two sample sets (H, not H^2, in [0, 1]) from
   histograms on a common grid; `hellinger_noise_floor` gives the value that sampling noise
@@ -23,6 +28,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 from scipy import special, stats
 
 from .errors import ParameterError
@@ -32,6 +38,7 @@ __all__ = [
     "psis_khat",
     "psis_khat_threshold",
     "importance_ess",
+    "rhat_and_ess",
     "hellinger_1d",
     "hellinger_2d",
     "hellinger_noise_floor",
@@ -206,6 +213,59 @@ def importance_ess(log_weights) -> float:
     """
     lw = _as_log_weights(log_weights)
     return float(np.exp(2.0 * special.logsumexp(lw) - special.logsumexp(2.0 * lw)))
+
+
+# ---------------------------------------------------------------------------------------
+# MCMC convergence
+# ---------------------------------------------------------------------------------------
+
+
+def _rank_normalise(x: np.ndarray) -> np.ndarray:
+    """Rank-normalised draws (Vehtari et al. 2021, eq. 14), same shape (n_chains, n_draws, ...)."""
+    n_chains, n_draws = x.shape[:2]
+    ranks = stats.rankdata(x.reshape((n_chains * n_draws,) + x.shape[2:]), axis=0)
+    z = special.ndtri((ranks - 0.375) / (n_chains * n_draws + 0.25))
+    return z.reshape(x.shape)
+
+
+def _split(x: np.ndarray) -> np.ndarray:
+    """Each chain's first and last halves as separate chains (odd middle draw dropped)."""
+    half = x.shape[1] // 2
+    return np.concatenate([x[:, :half], x[:, -half:]], axis=0)
+
+
+def rhat_and_ess(samples) -> tuple[np.ndarray, np.ndarray]:
+    """Rank-normalised split R-hat and bulk ESS of each coordinate of a set of chains.
+
+    Vehtari et al. 2021: numpyro's `split_gelman_rubin` and `effective_sample_size` on
+    rank-normalised draws. R-hat is the larger of the bulk and folded (tail) versions; the
+    folded draws are |x - median|, so a chain with the right centre but the wrong spread is
+    caught too. Both use ranks, so the bulk ESS is the same in any monotone
+    reparametrisation of a coordinate (z or the physical parameter); the folded R-hat, which
+    folds about the median, can differ slightly. Ties (repeated draws of a
+    Metropolis-Hastings chain) get their average rank.
+
+    Args:
+        samples: Draws, shape (n_chains, n_draws, n_dim), n_draws >= 4.
+
+    Returns:
+        (rhat, ess), each of shape (n_dim,). R-hat below 1.01 when the chains agree.
+
+    Raises:
+        ParameterError: Another shape, fewer than 4 draws per chain, or non-finite draws.
+    """
+    samples = np.asarray(samples, dtype=float)
+    if samples.ndim != 3 or samples.shape[1] < 4 or samples.shape[2] < 1:
+        raise ParameterError(
+            f"samples must have shape (n_chains, n_draws >= 4, n_dim); got {samples.shape}."
+        )
+    if not np.all(np.isfinite(samples)):
+        raise ParameterError("samples must be finite.")
+    folded = np.abs(samples - np.median(samples, axis=(0, 1)))
+    rhat_bulk = split_gelman_rubin(_rank_normalise(samples))
+    rhat_tail = split_gelman_rubin(_rank_normalise(folded))
+    ess_bulk = effective_sample_size(_split(_rank_normalise(samples)))
+    return np.maximum(rhat_bulk, rhat_tail), np.asarray(ess_bulk)
 
 
 # ---------------------------------------------------------------------------------------

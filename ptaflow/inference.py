@@ -1,14 +1,16 @@
-"""Posterior inference for one model: flow fit, exact samples, baselines, saved results.
+"""Posterior inference for one model: flow fit, exact samples, saved results.
 
     fit = fit_posterior(make_posterior(model="powerlaw", pulsars=10, correlation="hd"))
     fit.diagnostics()          # importance ESS, Pareto khat, training summary
     result = fit.to_result()   # ptaflow.results.PosteriorResult; save_posterior(result, path)
+    chains = independence_samples(fit)    # exact chains, flow proposals (Metropolis-Hastings)
     chains = neutra_samples(fit)          # exact MCMC preconditioned by the flow
-    ref = nuts_baseline(fit.posterior)    # plain NUTS on the same target
 
 Flow samples are made exact by importance weights w = L pi |J| / q (their Pareto khat says
-whether that is reliable, Vehtari et al. arXiv:1507.02646) and importance resampling, or by
-NeuTra (NUTS in the flow's latent space, Hoffman et al. arXiv:1903.03704).
+whether that is reliable, Vehtari et al. arXiv:1507.02646) and importance resampling, by
+independence Metropolis-Hastings with the flow as proposal, or by NeuTra (NUTS in the flow's
+latent space, Hoffman et al. arXiv:1903.03704). The MCMC references they are checked against
+(plain NUTS on the same target) are in `ptaflow.baselines.mcmc`.
 
 In full mode the importance-sampling proposal is a defensive mixture q = (1 - alpha) q_flow +
 alpha q_0 (alpha = `DEFENSIVE_FRACTION` by default), q_0 the exact noise-only red-noise
@@ -29,7 +31,13 @@ import numpy as np
 from flowjax.distributions import Transformed
 
 from .devices import fixed_chunks
-from .diagnostics import importance_ess, max_hellinger, psis_khat, psis_khat_threshold
+from .diagnostics import (
+    importance_ess,
+    max_hellinger,
+    psis_khat,
+    psis_khat_threshold,
+    rhat_and_ess,
+)
 from .errors import ParameterError
 from .evidence import estimate_evidence_importance
 from .flows import (
@@ -45,7 +53,7 @@ from .noise_only import NoiseOnlyPosterior, noise_only_posterior
 from .posterior import Posterior
 from .profiling import PhaseTimes, _phase
 from .results import PosteriorResult, provenance, serialise_flow
-from .sampling import McmcResult, importance_resample, run_neutra, run_nuts
+from .sampling import McmcResult, importance_resample, run_neutra
 
 __all__ = [
     "DEFENSIVE_FRACTION",
@@ -56,9 +64,7 @@ __all__ = [
     "neutra_samples",
     "independence_samples",
     "IndependenceChains",
-    "nuts_baseline",
     "hellinger_table",
-    "mcmc_result",
 ]
 
 
@@ -373,7 +379,9 @@ class IndependenceChains:
 
     Attributes:
         samples: (n_chains, n_per_chain, n_dim); log_prob: (n_chains, n_per_chain) target.
-        acceptance: mean acceptance rate; rhat, ess: split R-hat and bulk ESS per dimension.
+        acceptance: mean acceptance rate.
+        rhat, ess: rank-normalised split R-hat (the larger of bulk and tail) and bulk ESS per
+            dimension, (n_dim,) each (`ptaflow.diagnostics.rhat_and_ess`).
         wall_time_s: seconds (flow draws and target evaluations included).
     """
 
@@ -399,9 +407,16 @@ def independence_samples(
     posterior whatever the flow, and mix in a few steps when q is close to it. q is the fit's
     proposal: the flow, or the flow with its noise-only component (the same share of draws,
     in random order). Costs one target evaluation per draw and no gradients.
-    """
-    from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 
+    Raises:
+        ParameterError: num_chains < 1 or num_samples < 4 (split R-hat needs two draws per
+            half-chain).
+    """
+    if num_chains < 1 or num_samples < 4:
+        raise ParameterError(
+            f"num_chains={num_chains}, num_samples={num_samples}: expected num_chains >= 1 "
+            "and num_samples >= 4 (split R-hat needs two draws per half-chain)"
+        )
     t0 = time.perf_counter()
     n = num_chains * num_samples
     key = jax.random.key(seed)
@@ -421,7 +436,6 @@ def independence_samples(
     log_p = log_p.reshape(num_chains, num_samples)
     log_u = np.log(np.random.default_rng(seed).uniform(size=(num_chains, num_samples)))
     idx = np.zeros((num_chains, num_samples), dtype=int)
-    current = np.zeros(num_chains, dtype=int)
     # Start each chain at its highest-weight draw among the first 100 (a draw from ~p).
     current = np.argmax(lw[:, :100], axis=1)
     accepted = 0
@@ -434,12 +448,13 @@ def independence_samples(
     rows = np.arange(num_chains)[:, None]
     samples = z[rows, idx]
     chains_log_p = log_p[rows, idx]
+    rhat, ess = rhat_and_ess(samples)
     return IndependenceChains(
         samples=samples,
         log_prob=chains_log_p,
         acceptance=accepted / n,
-        rhat=np.asarray(split_gelman_rubin(samples)),
-        ess=np.asarray(effective_sample_size(samples)),
+        rhat=rhat,
+        ess=ess,
         wall_time_s=time.perf_counter() - t0,
     )
 
@@ -455,7 +470,7 @@ def neutra_samples(
     progress: bool = False,
 ) -> McmcResult:
     """Exact posterior samples by NUTS in the trained flow's latent space (samples in z);
-    `chain_method` as in `ptaflow.sampling.run_nuts` ("parallel": over the local devices)."""
+    `chain_method` as in `ptaflow.sampling.run_neutra` ("parallel": over the local devices)."""
     return run_neutra(
         jax.random.key(seed),
         fit.posterior.log_prob,
@@ -465,57 +480,6 @@ def neutra_samples(
         num_samples=num_samples,
         chain_method=chain_method,
         progress_bar=progress,
-    )
-
-
-def nuts_baseline(
-    posterior: Posterior,
-    *,
-    seed: int = 2,
-    num_chains: int = 4,
-    num_warmup: int = 1000,
-    num_samples: int = 2000,
-    init=None,
-    chain_method: str = "vectorized",
-    progress: bool = False,
-) -> McmcResult:
-    """Plain NUTS (dense mass matrix) on the same z-space target: the MCMC reference.
-
-    Chains start from independent prior draws (or `init`, (num_chains, n_dim) in z).
-    `chain_method` as in `ptaflow.sampling.run_nuts` ("parallel": over the local devices).
-    """
-    key_init, key_run = jax.random.split(jax.random.key(seed))
-    if init is None:
-        init = posterior.to_unconstrained(posterior.sample_prior(key_init, num_chains))
-    return run_nuts(
-        key_run,
-        posterior.log_prob,
-        jnp.asarray(init),
-        num_chains=num_chains,
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        chain_method=chain_method,
-        progress_bar=progress,
-    )
-
-
-def mcmc_result(posterior: Posterior, chains: McmcResult, **extra_provenance) -> PosteriorResult:
-    """Equally weighted MCMC samples (in z) as a `PosteriorResult` in physical parameters."""
-    theta = np.asarray(posterior.to_theta(jnp.asarray(chains.flat_samples)))
-    log_like, log_prior = posterior.evaluate(jnp.asarray(theta))
-    return PosteriorResult(
-        param_names=posterior.param_names,
-        samples=theta,
-        log_likelihood=np.asarray(log_like),
-        log_prior=np.asarray(log_prior),
-        diagnostics={
-            "rhat_max": float(np.max(chains.rhat)),
-            "ess_min": float(np.min(chains.ess)),
-            "n_divergent": int(chains.n_divergent),
-            "wall_time_s": chains.wall_time_s,
-        },
-        settings={"model": posterior.model_name, "method": chains.method, **chains.settings},
-        provenance=provenance(**extra_provenance),
     )
 
 

@@ -1,10 +1,10 @@
 """Exact posterior samples: NUTS and flow-preconditioned NUTS (NeuTra), importance resampling.
 
-These are the slow-but-exact baselines against which flow posteriors and evidences are
-checked, and the step that turns approximate flow samples into exact ones (DESIGN.md
-section 2). Every sampler works on a target `log_prob: (n_dim,) -> scalar`, a pure JAX
-function of an unconstrained point z in R^n_dim (for a PTA model, ln L + ln prior + the
-log-Jacobian of the map to R^n, as `ptaflow.posterior.Posterior.log_prob`).
+The steps that turn approximate flow samples into exact ones (DESIGN.md section 2), and the
+NUTS sampler behind the plain-NUTS reference runs of `ptaflow.baselines.mcmc`. Every sampler
+works on a target `log_prob: (n_dim,) -> scalar`, a pure JAX function of an unconstrained
+point z in R^n_dim (for a PTA model, ln L + ln prior + the log-Jacobian of the map to R^n, as
+`ptaflow.posterior.Posterior.log_prob`).
 
 - `run_nuts`: the No-U-Turn Sampler (Hoffman & Gelman 2014, JMLR 15, 1593) from numpyro, with
   step size and (dense or diagonal) mass matrix adapted during warmup.
@@ -13,8 +13,6 @@ log-Jacobian of the map to R^n, as `ptaflow.posterior.Posterior.log_prob`).
   chain targets exactly the push-back of the posterior for any bijection T, so the flow only
   preconditions: a good flow makes the latent posterior close to N(0, I), and NUTS then needs
   few leapfrog steps per effectively independent sample.
-- `combine_chains`: the chains of several runs of one sampler on one target (other seeds,
-  other machines, or a run extended later) as one result, with R-hat and ESS over all of them.
 - `importance_resample`: multinomial resampling of weighted draws (e.g. flow samples weighted
   by posterior / flow density).
 
@@ -23,9 +21,9 @@ of a `lax.scan`, all chains advance together (`jax.vmap`, "vectorized") or one a
 (`lax.map`, "sequential"). The program is cached: a second call with the same `log_prob`
 object, flow structure, shapes and options does not compile again.
 
-Diagnostics follow Vehtari et al. 2021 (Bayesian Analysis 16, 667; arXiv:1903.08008): bulk
-effective sample size and rank-normalised split R-hat, computed with numpyro's
-`effective_sample_size` and `split_gelman_rubin` on rank-normalised draws (`rhat_and_ess`).
+Every result reports the rank-normalised split R-hat and bulk effective sample size of
+Vehtari et al. 2021 (Bayesian Analysis 16, 667; arXiv:1903.08008), from
+`ptaflow.diagnostics.rhat_and_ess`.
 """
 
 from __future__ import annotations
@@ -41,19 +39,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
-from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 from numpyro.infer.hmc import hmc
-from scipy import special, stats
 
 from .devices import AXIS, device_mesh
+from .diagnostics import rhat_and_ess
 from .errors import ParameterError
 
 __all__ = [
     "McmcResult",
     "run_nuts",
     "run_neutra",
-    "combine_chains",
-    "rhat_and_ess",
     "importance_resample",
 ]
 
@@ -326,52 +321,6 @@ def _check_finite_start(log_density, points, what: str) -> None:
         )
 
 
-def _rank_normalise(x: np.ndarray) -> np.ndarray:
-    """Rank-normalised draws (Vehtari et al. 2021, eq. 14), same shape (n_chains, n_draws, ...)."""
-    n_chains, n_draws = x.shape[:2]
-    ranks = stats.rankdata(x.reshape((n_chains * n_draws,) + x.shape[2:]), axis=0)
-    z = special.ndtri((ranks - 0.375) / (n_chains * n_draws + 0.25))
-    return z.reshape(x.shape)
-
-
-def _split(x: np.ndarray) -> np.ndarray:
-    """Each chain's first and last halves as separate chains (odd middle draw dropped)."""
-    half = x.shape[1] // 2
-    return np.concatenate([x[:, :half], x[:, -half:]], axis=0)
-
-
-def rhat_and_ess(samples) -> tuple[np.ndarray, np.ndarray]:
-    """Rank-normalised split R-hat and bulk ESS of each coordinate of a set of chains.
-
-    The diagnostics of `McmcResult`, for chains from anywhere (e.g. PTMCMC or a stored
-    reference). R-hat is the larger of the bulk and folded (tail) versions (Vehtari et al.
-    2021). Both use ranks, so the bulk ESS is the same in any monotone reparametrisation of a
-    coordinate (z or the physical parameter); the folded R-hat, which folds about the median,
-    can differ slightly.
-
-    Args:
-        samples: Draws, shape (n_chains, n_draws, n_dim), n_draws >= 4.
-
-    Returns:
-        (rhat, ess), each of shape (n_dim,).
-
-    Raises:
-        ParameterError: Another shape, fewer than 4 draws per chain, or non-finite draws.
-    """
-    samples = np.asarray(samples, dtype=float)
-    if samples.ndim != 3 or samples.shape[1] < 4 or samples.shape[2] < 1:
-        raise ParameterError(
-            f"samples must have shape (n_chains, n_draws >= 4, n_dim); got {samples.shape}."
-        )
-    if not np.all(np.isfinite(samples)):
-        raise ParameterError("samples must be finite.")
-    folded = np.abs(samples - np.median(samples, axis=(0, 1)))
-    rhat_bulk = split_gelman_rubin(_rank_normalise(samples))
-    rhat_tail = split_gelman_rubin(_rank_normalise(folded))
-    ess_bulk = effective_sample_size(_split(_rank_normalise(samples)))
-    return np.maximum(rhat_bulk, rhat_tail), np.asarray(ess_bulk)
-
-
 def _sample(key, log_density, init, opts: _Options):
     """Run the compiled chains and split warmup from sampling; numpy arrays."""
     if opts.progress_bar:
@@ -576,81 +525,6 @@ def run_neutra(
     samples = np.asarray(z, dtype=u.dtype).reshape(u.shape)
     log_prob_z = run["log_density"] - np.asarray(log_det).reshape(u.shape[:2])
     return _result(run, samples, log_prob_z, t0, "neutra", dataclasses.asdict(opts))
-
-
-# Options that may differ between runs whose chains are combined: how the chains were laid
-# out over devices and whether a progress bar showed do not change what the chains sample.
-_COMBINE_FREE = ("num_chains", "chain_method", "progress_bar")
-
-
-def combine_chains(results) -> McmcResult:
-    """The chains of several MCMC runs of one target as one result.
-
-    Long reference runs are often split into parts: a few chains per machine or per batch
-    job, or more chains added later with another seed. Pooling their draws is only sound
-    when the chains agree, so R-hat and ESS are recomputed over all chains together (an
-    R-hat near 1 over the combined chains is the check that the parts sampled one
-    distribution), not averaged or summed from the parts.
-
-    Args:
-        results: Two or more `McmcResult` of one method, with the same number of draws per
-            chain, dimension and sampler options (the number of chains, the chain method
-            and the progress bar aside). Run them with different keys: chains that share a
-            key repeat each other's draws.
-
-    Returns:
-        An `McmcResult` with the chains in the given order. Divergences and leapfrog steps
-        are totals over the parts, the acceptance statistic is their chain-weighted mean,
-        and `wall_time_s` is the sum of the parts' wall times (the cost of running them
-        one after another on the same hardware). `settings["num_chains"]` is the total.
-
-    Raises:
-        ParameterError: Fewer than two results, or parts that differ in method, shape or
-            options.
-    """
-    results = list(results)
-    if len(results) < 2 or not all(isinstance(r, McmcResult) for r in results):
-        raise ParameterError(
-            "combine_chains needs two or more McmcResult; got "
-            f"{[type(r).__name__ for r in results]}."
-        )
-    first = results[0]
-
-    def options(r):
-        return {k: v for k, v in r.settings.items() if k not in _COMBINE_FREE}
-
-    base = options(first)
-    for i, r in enumerate(results[1:], start=1):
-        if r.method != first.method:
-            raise ParameterError(f"result {i} is {r.method!r}, result 0 is {first.method!r}.")
-        if r.samples.shape[1:] != first.samples.shape[1:]:
-            raise ParameterError(
-                f"result {i} has (draws per chain, n_dim) = {r.samples.shape[1:]}, result 0 "
-                f"has {first.samples.shape[1:]}; R-hat compares chains of equal length."
-            )
-        opts = options(r)
-        if opts != base:
-            diff = sorted(k for k in opts.keys() | base.keys() if opts.get(k) != base.get(k))
-            raise ParameterError(
-                f"result {i} ran with other sampler options than result 0: {diff}."
-            )
-    samples = np.concatenate([r.samples for r in results], axis=0)
-    log_prob = np.concatenate([r.log_prob for r in results], axis=0)
-    rhat, ess = rhat_and_ess(samples)
-    n_chains = [r.n_chains for r in results]
-    return McmcResult(
-        samples=samples,
-        log_prob=log_prob,
-        rhat=rhat,
-        ess=ess,
-        n_divergent=sum(r.n_divergent for r in results),
-        mean_accept_prob=float(np.average([r.mean_accept_prob for r in results], weights=n_chains)),
-        num_steps=sum(r.num_steps for r in results),
-        num_steps_warmup=sum(r.num_steps_warmup for r in results),
-        wall_time_s=sum(r.wall_time_s for r in results),
-        method=first.method,
-        settings={**first.settings, "num_chains": sum(n_chains)},
-    )
 
 
 def importance_resample(key: jax.Array, samples, log_weights, n: int) -> jax.Array:

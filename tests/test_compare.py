@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
+from ptaflow.baselines.nested import nested_sampling_evidence
 from ptaflow.cli import main
 from ptaflow.compare import CompareSettings, compare, model_configs, resolve_models
 from ptaflow.errors import ModelError, ParameterError
-from ptaflow.nested import nested_sampling_evidence
 from ptaflow.posterior import make_refit_posterior
 
 MODELS = ["powerlaw", "sigw_gauss_2p"]

@@ -24,9 +24,9 @@ import math
 
 import pytest
 
+from ptaflow.baselines.nested import nested_sampling_evidence
 from ptaflow.compare import CompareSettings, compare, comparison_posterior
 from ptaflow.flows import FlowConfig, TrainConfig
-from ptaflow.nested import nested_sampling_evidence
 
 MODELS = ["smbhb", "powerlaw", "sigw_gauss_2p"]
 REFERENCE = "smbhb"

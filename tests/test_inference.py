@@ -17,16 +17,11 @@ import jax
 import numpy as np
 import pytest
 
+from ptaflow.baselines.mcmc import mcmc_result, nuts_baseline
 from ptaflow.diagnostics import hellinger_noise_floor
 from ptaflow.errors import ParameterError
 from ptaflow.flows import FlowConfig, TrainConfig, flow_from_bytes
-from ptaflow.inference import (
-    fit_posterior,
-    hellinger_table,
-    mcmc_result,
-    neutra_samples,
-    nuts_baseline,
-)
+from ptaflow.inference import fit_posterior, hellinger_table, neutra_samples
 from ptaflow.plots import plot_corner
 from ptaflow.posterior import make_posterior, make_refit_posterior
 from ptaflow.results import load_posterior, save_posterior

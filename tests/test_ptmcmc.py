@@ -22,6 +22,7 @@ from enterprise.pulsar import FeatherPulsar
 from scipy import stats
 
 from ptaflow._paths import DATA_DIR
+from ptaflow.baselines.ptmcmc import load_ptmcmc_chain, make_enterprise_pta, run_ptmcmc
 from ptaflow.data import load_noise_dict, load_pulsars, reduce_pta
 from ptaflow.errors import DataError, ParameterError, PriorError
 from ptaflow.likelihood import PowerLawProcess, make_likelihood, red_noise_names
@@ -33,7 +34,6 @@ from ptaflow.priors import (
     Uniform,
     make_joint_prior,
 )
-from ptaflow.ptmcmc import load_ptmcmc_chain, make_enterprise_pta, run_ptmcmc
 
 pytestmark = pytest.mark.enterprise
 

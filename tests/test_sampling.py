@@ -10,7 +10,6 @@ per check.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import flowjax.bijections as fb
@@ -24,14 +23,7 @@ from numpyro.diagnostics import effective_sample_size
 from scipy import special
 
 from ptaflow.errors import ParameterError
-from ptaflow.sampling import (
-    McmcResult,
-    combine_chains,
-    importance_resample,
-    rhat_and_ess,
-    run_neutra,
-    run_nuts,
-)
+from ptaflow.sampling import McmcResult, importance_resample, run_neutra, run_nuts
 
 N_DIM = 5
 N_CHAINS = 4
@@ -246,95 +238,6 @@ def _resample_mcse(x, weights, f, n):
     mean = np.sum(w * fx)
     var_p = np.sum(w * (fx - mean) ** 2)
     return np.sqrt(np.sum(w**2 * (fx - mean) ** 2) + var_p / n)
-
-
-def test_rhat_and_ess_of_ar1_chains():
-    """AR(1) chains x_t = rho x_(t-1) + e_t: ESS = N (1 - rho) / (1 + rho) analytically."""
-    rng = np.random.default_rng(11)
-    n_chains, n_draws, rho = 4, 5000, np.array([0.0, 0.5, 0.9])
-    x = np.empty((n_chains, n_draws, rho.size))
-    x[:, 0] = rng.normal(size=(n_chains, rho.size)) / np.sqrt(1 - rho**2)  # stationary start
-    for t in range(1, n_draws):
-        x[:, t] = rho * x[:, t - 1] + rng.normal(size=(n_chains, rho.size))
-    rhat, ess = rhat_and_ess(x)
-    expected = n_chains * n_draws * (1 - rho) / (1 + rho)
-    # relative sd of the ESS estimate ~ sqrt(2 tau / N) <~ 0.1 for rho = 0.9, N = 20000
-    np.testing.assert_allclose(ess, expected, rtol=0.25)
-    assert np.all(rhat < 1.01), rhat
-    # ranks: the bulk ESS is the same for a monotone map of each coordinate
-    np.testing.assert_allclose(rhat_and_ess(np.exp(x))[1], ess, rtol=1e-12)
-    # one chain offset by 1 sd of its coordinate: R-hat flags it
-    x[0] += 1.0 / np.sqrt(1 - rho**2)
-    assert np.all(rhat_and_ess(x)[0] > 1.05)
-    with pytest.raises(
-        ParameterError, match=r"shape \(n_chains, n_draws >= 4, n_dim\); got \(4, 3\)"
-    ):
-        rhat_and_ess(np.zeros((4, 3)))
-    with pytest.raises(ParameterError, match="must be finite"):
-        rhat_and_ess(np.full((2, 10, 1), np.nan))
-
-
-def _two_chain_run(seed, log_prob=gaussian_log_prob, **kwargs):
-    return run_nuts(
-        jax.random.key(seed),
-        log_prob,
-        jnp.zeros(N_DIM),
-        num_chains=2,
-        num_warmup=N_WARMUP,
-        num_samples=N_SAMPLES,
-        **kwargs,
-    )
-
-
-def test_combine_chains_pools_runs_of_one_target():
-    a, b = _two_chain_run(5), _two_chain_run(6)
-    both = combine_chains([a, b])
-    np.testing.assert_array_equal(both.samples, np.concatenate([a.samples, b.samples]))
-    np.testing.assert_array_equal(both.log_prob, np.concatenate([a.log_prob, b.log_prob]))
-    assert both.n_chains == 4 and both.settings["num_chains"] == 4
-    assert both.settings["num_warmup"] == N_WARMUP and both.method == "nuts"
-    assert both.num_steps == a.num_steps + b.num_steps
-    assert both.num_steps_warmup == a.num_steps_warmup + b.num_steps_warmup
-    assert both.n_divergent == a.n_divergent + b.n_divergent
-    assert both.wall_time_s == pytest.approx(a.wall_time_s + b.wall_time_s)
-    assert_moments(both.samples, MEAN, np.diag(COV), "combined NUTS Gaussian")
-    assert np.all(both.rhat < 1.01), both.rhat
-    # Independent chains of one target: ESS adds up. The ratio's spread is the ESS
-    # estimator's (~10 % for 1000 draws of each part), so 0.7-1.3 is a loose band.
-    ratio = both.ess / (a.ess + b.ess)
-    assert np.all((0.7 < ratio) & (ratio < 1.3)), ratio
-
-
-def test_combine_chains_flags_parts_that_disagree():
-    """Each part converged, but to different targets: R-hat over all chains shows it."""
-    shift = 2.0 * np.sqrt(np.diag(COV))  # 2 sd in every coordinate
-
-    def shifted(z):
-        return gaussian_log_prob(z - shift)
-
-    a, b = _two_chain_run(5), _two_chain_run(7, shifted)
-    # two chains of 500 draws: R-hat of a converged part scatters to ~1.01
-    assert np.all(a.rhat < 1.03) and np.all(b.rhat < 1.03)
-    both = combine_chains([a, b])
-    assert np.all(both.rhat > 1.2), both.rhat
-
-
-def test_combine_chains_errors():
-    a = _two_chain_run(5)
-    with pytest.raises(ParameterError, match=r"two or more McmcResult; got \['McmcResult'\]"):
-        combine_chains([a])
-    with pytest.raises(ParameterError, match=r"result 1 is 'neutra', result 0 is 'nuts'"):
-        combine_chains([a, dataclasses.replace(a, method="neutra")])
-    shorter = run_nuts(
-        jax.random.key(8), gaussian_log_prob, jnp.zeros(N_DIM), num_chains=2, num_samples=100
-    )
-    with pytest.raises(ParameterError, match=r"\(draws per chain, n_dim\) = \(100, 5\)"):
-        combine_chains([a, shorter])
-    other = _two_chain_run(9, target_accept=0.9)
-    with pytest.raises(ParameterError, match=r"other sampler options .*\['target_accept'\]"):
-        combine_chains([a, other])
-    # the chain layout is free: vectorized and sequential parts combine
-    combine_chains([a, _two_chain_run(10, chain_method="sequential")])
 
 
 def test_importance_resample_gaussian():

@@ -36,10 +36,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .data import from_enterprise, load_noise_dict, white_noise_values
-from .errors import DataError, ParameterError, PriorError
-from .likelihood import PowerLawProcess, red_noise_names
-from .priors import (
+from ..data import from_enterprise, load_noise_dict, white_noise_values
+from ..errors import DataError, ParameterError, PriorError
+from ..likelihood import PowerLawProcess, red_noise_names
+from ..priors import (
     AbstractPrior,
     Fixed,
     JointPrior,
@@ -351,7 +351,7 @@ def make_enterprise_pta(
         NoiseDictError: the noise dictionary lacks a backend's EFAC or EQUAD.
     """
     _import_enterprise()
-    from enterprise.signals import gp_priors, gp_signals, utils
+    from enterprise.signals import gp_signals, utils
 
     if correlation not in ("curn", "hd"):
         raise ParameterError(f"correlation={correlation!r}: expected 'curn' or 'hd'")
@@ -361,19 +361,61 @@ def make_enterprise_pta(
         and 1 <= n_gw <= n_rn
     ):
         raise ParameterError(f"n_gw={n_gw!r}, n_rn={n_rn!r}: expected integers 1 <= n_gw <= n_rn")
+    psrs, names, tspan = _pulsars_and_span(psrs, tspan)
+    if not isinstance(noise_dict, Mapping):
+        noise_dict = load_noise_dict(noise_dict)
+
+    signal = gp_signals.MarginalizingTimingModel(use_svd=True)
+    signal += _red_noise_signal(rn_priors, n_rn, tspan)
+    common = PowerLawProcess() if common is None else common
+    common_names, spectrum, joint_blocks = _common_spectrum(common, common_priors, names)
+    if correlation == "hd":
+        signal += gp_signals.FourierBasisCommonGP(
+            spectrum, utils.hd_orf(), components=n_gw, Tspan=tspan, name="gw"
+        )
+    else:
+        signal += gp_signals.FourierBasisGP(spectrum, components=n_gw, Tspan=tspan, name="gw")
+
+    models, defaults = [], {}
+    for psr in psrs:
+        white, values = _white_noise(psr, noise_dict)
+        models.append((signal + white)(psr))
+        defaults.update(values)
+    pta = _pta_class()(
+        models,
+        ptaflow_param_names=red_noise_names(names) + common_names,
+        tspan=tspan,
+        joint_blocks=joint_blocks,
+    )
+    pta.set_default_params(defaults)
+    _refill_phi_every_call(pta)
+    if sorted(pta.param_names) != sorted(pta.ptaflow_param_names):  # a guard on the wiring
+        raise ParameterError(
+            f"enterprise built parameters {pta.param_names}, expected {pta.ptaflow_param_names}"
+        )
+    return pta
+
+
+def _pulsars_and_span(psrs, tspan):
+    """(enterprise pulsars, their names, T [s]): the pulsars read, named uniquely, and the
+    span checked (default the array span max(toas) - min(toas))."""
     psrs = _read_pulsars(psrs)
     if not psrs:
         raise DataError("make_enterprise_pta: no pulsars given")
     names = [str(p.name) for p in psrs]
     if len(set(names)) != len(names):
         raise DataError(f"make_enterprise_pta: pulsar names repeat: {names}")
-    if not isinstance(noise_dict, Mapping):
-        noise_dict = load_noise_dict(noise_dict)
     if tspan is None:
         tspan = max(p.toas.max() for p in psrs) - min(p.toas.min() for p in psrs)
     tspan = float(tspan)
     if not (math.isfinite(tspan) and tspan > 0):
         raise ParameterError(f"tspan={tspan!r} s: expected a positive span")
+    return psrs, names, tspan
+
+
+def _red_noise_signal(rn_priors, n_rn: int, tspan: float):
+    """Every pulsar's power-law red noise (n_rn frequencies k/tspan) with the given priors."""
+    from enterprise.signals import gp_priors, gp_signals
 
     rn = _as_joint_prior(DEFAULT_RN_PRIORS if rn_priors is None else rn_priors, "rn_priors")
     if tuple(rn.names) != ("log10_A", "gamma") or len(rn.priors) != 2:
@@ -384,17 +426,25 @@ def make_enterprise_pta(
         log10_A=_enterprise_parameter(rn.priors[0], "red_noise_log10_A"),
         gamma=_enterprise_parameter(rn.priors[1], "red_noise_gamma"),
     )
-    signal = gp_signals.MarginalizingTimingModel(use_svd=True)
-    signal += gp_signals.FourierBasisGP(rn_spectrum, components=n_rn, Tspan=tspan)
+    return gp_signals.FourierBasisGP(rn_spectrum, components=n_rn, Tspan=tspan)
 
-    common = PowerLawProcess() if common is None else common
+
+def _common_spectrum(common, common_priors, psr_names: Sequence[str]):
+    """The common process as an enterprise spectrum with its priors.
+
+    Returns:
+        (its parameter names in ptaflow's order, the enterprise spectrum, the joint
+        multivariate-normal prior blocks that `get_lnprior` corrects for).
+    """
+    from enterprise.signals import gp_priors
+
     if not (hasattr(common, "param_names") and hasattr(common, "psd")):
         raise ParameterError(
             f"common={common!r}: expected a PowerLawProcess, a SourceModel, or an object with "
             "param_names and psd(f, theta)"
         )
     common_names = tuple(common.param_names)
-    bad = [n for n in common_names if n in _RESERVED or n.startswith(tuple(names))]
+    bad = [n for n in common_names if n in _RESERVED or n.startswith(tuple(psr_names))]
     if bad:
         raise ParameterError(
             f"common-process parameter {bad[0]!r} clashes with a name enterprise or the "
@@ -427,31 +477,7 @@ def make_enterprise_pta(
                 "jax.config.update('jax_enable_x64', True) first"
             )
         spectrum = _wrapped_spectrum(common, common_names, cparams)
-    if correlation == "hd":
-        signal += gp_signals.FourierBasisCommonGP(
-            spectrum, utils.hd_orf(), components=n_gw, Tspan=tspan, name="gw"
-        )
-    else:
-        signal += gp_signals.FourierBasisGP(spectrum, components=n_gw, Tspan=tspan, name="gw")
-
-    models, defaults = [], {}
-    for psr in psrs:
-        white, values = _white_noise(psr, noise_dict)
-        models.append((signal + white)(psr))
-        defaults.update(values)
-    pta = _pta_class()(
-        models,
-        ptaflow_param_names=red_noise_names(names) + common_names,
-        tspan=tspan,
-        joint_blocks=joint_blocks,
-    )
-    pta.set_default_params(defaults)
-    _refill_phi_every_call(pta)
-    if sorted(pta.param_names) != sorted(pta.ptaflow_param_names):  # a guard on the wiring
-        raise ParameterError(
-            f"enterprise built parameters {pta.param_names}, expected {pta.ptaflow_param_names}"
-        )
-    return pta
+    return common_names, spectrum, joint_blocks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -654,64 +680,19 @@ def run_ptmcmc(
         `PtmcmcResult` after burn-in, with the wall time of the sampling.
     """
     _import_enterprise()
-    from enterprise_extensions.sampler import (
-        JumpProposal,
-        get_parameter_groups,
-        save_runtime_info,
-    )
-    from PTMCMCSampler.PTMCMCSampler import PTSampler
-
-    for label, value in (("n_samples", n_samples), ("thin", thin), ("isave", isave)):
-        if not (isinstance(value, (int, np.integer)) and value >= 1):
-            raise ParameterError(f"{label}={value!r}: expected a positive integer")
-    if n_samples % thin or isave % thin:
-        raise ParameterError(
-            f"n_samples={n_samples} and isave={isave} must be multiples of thin={thin} "
-            "(PTMCMCSampler drops the remainder)"
-        )
-    if not 0.0 <= burn_fraction < 1.0:
-        raise ParameterError(f"burn_fraction={burn_fraction!r}: expected a value in [0, 1)")
+    _check_run_lengths(n_samples, thin, isave, burn_fraction)
     names = list(pta.param_names)
     if param_names is None:
         param_names = getattr(pta, "ptaflow_param_names", names)
     order = _check_order(param_names, names, "param_names")
     outdir = pathlib.Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    ndim = len(names)
     _refill_phi_every_call(pta)
 
     rng_state = np.random.get_state()
     np.random.seed(seed)
     try:
-        cov_file = outdir / "cov.npy"
-        cov = np.diag(np.full(ndim, 0.1**2))
-        if resume and cov_file.is_file():
-            cov = np.load(cov_file)
-            if cov.shape != (ndim, ndim):
-                raise DataError(
-                    f"{cov_file} has shape {cov.shape}, expected {(ndim, ndim)} for this PTA; "
-                    "use another outdir or resume=False"
-                )
-        sampler = PTSampler(
-            ndim,
-            pta.get_lnlikelihood,
-            pta.get_lnprior,
-            cov,
-            groups=get_parameter_groups(pta),
-            outDir=str(outdir),
-            resume=resume,
-            seed=seed,
-            verbose=verbose,
-        )
-        save_runtime_info(pta, str(outdir))
-        jp = JumpProposal(pta, outdir=str(outdir))
-        sampler.jp = jp
-        sampler.addProposalToCycle(jp.draw_from_prior, 5)
-        if "red noise" in jp.snames:
-            sampler.addProposalToCycle(jp.draw_from_red_prior, 10)
-        common_draw = _common_prior_draw(pta, jp)
-        if common_draw is not None:
-            sampler.addProposalToCycle(common_draw, 10)
+        sampler = _make_sampler(pta, outdir, seed=seed, resume=resume, verbose=verbose)
         if x0 is None:
             start = np.hstack([p.sample() for p in pta.params]).astype(np.float64)
         else:
@@ -738,3 +719,64 @@ def run_ptmcmc(
         outdir / CHAIN_FILE, param_names=names, burn_fraction=burn_fraction, thin=thin
     )
     return _reorder(result, order, wall_time_s=wall, n_iterations=int(n_samples))
+
+
+def _check_run_lengths(n_samples, thin, isave, burn_fraction) -> None:
+    for label, value in (("n_samples", n_samples), ("thin", thin), ("isave", isave)):
+        if not (isinstance(value, (int, np.integer)) and value >= 1):
+            raise ParameterError(f"{label}={value!r}: expected a positive integer")
+    if n_samples % thin or isave % thin:
+        raise ParameterError(
+            f"n_samples={n_samples} and isave={isave} must be multiples of thin={thin} "
+            "(PTMCMCSampler drops the remainder)"
+        )
+    if not 0.0 <= burn_fraction < 1.0:
+        raise ParameterError(f"burn_fraction={burn_fraction!r}: expected a value in [0, 1)")
+
+
+def _make_sampler(pta, outdir: pathlib.Path, *, seed: int, resume: bool, verbose: bool):
+    """PTMCMCSampler on the PTA with enterprise_extensions' groups and jump proposals.
+
+    The initial jump covariance is 0.1^2 I, or the run's `cov.npy` when resuming; prior
+    draws are added as in `enterprise_extensions.sampler.setup_sampler` (all parameters
+    weight 5, red noise weight 10) plus the common process's parameters (weight 10). Uses
+    NumPy's global generator: the caller seeds it.
+    """
+    from enterprise_extensions.sampler import (
+        JumpProposal,
+        get_parameter_groups,
+        save_runtime_info,
+    )
+    from PTMCMCSampler.PTMCMCSampler import PTSampler
+
+    ndim = len(pta.param_names)
+    cov_file = outdir / "cov.npy"
+    cov = np.diag(np.full(ndim, 0.1**2))
+    if resume and cov_file.is_file():
+        cov = np.load(cov_file)
+        if cov.shape != (ndim, ndim):
+            raise DataError(
+                f"{cov_file} has shape {cov.shape}, expected {(ndim, ndim)} for this PTA; "
+                "use another outdir or resume=False"
+            )
+    sampler = PTSampler(
+        ndim,
+        pta.get_lnlikelihood,
+        pta.get_lnprior,
+        cov,
+        groups=get_parameter_groups(pta),
+        outDir=str(outdir),
+        resume=resume,
+        seed=seed,
+        verbose=verbose,
+    )
+    save_runtime_info(pta, str(outdir))
+    jp = JumpProposal(pta, outdir=str(outdir))
+    sampler.jp = jp
+    sampler.addProposalToCycle(jp.draw_from_prior, 5)
+    if "red noise" in jp.snames:
+        sampler.addProposalToCycle(jp.draw_from_red_prior, 10)
+    common_draw = _common_prior_draw(pta, jp)
+    if common_draw is not None:
+        sampler.addProposalToCycle(common_draw, 10)
+    return sampler

@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtri
 
-from .errors import ParameterError
-from .posterior import Posterior
-from .priors import (
+from ..errors import ParameterError
+from ..posterior import Posterior
+from ..priors import (
     Fixed,
     LogUniform,
     MultivariateNormal,
