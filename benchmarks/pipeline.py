@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         default=(),
         metavar="KEY=VALUE",
-        help="TrainConfig fields to change, e.g. refine_patience=3 (values read as Python literals)",
+        help="TrainConfig fields to change, e.g. refine_patience=3 (values are Python literals)",
     )
     full.add_argument(
         "--flow",
@@ -220,7 +220,9 @@ def _settings(args):
     if args.flow:
         from ptaflow.flows import FlowConfig
 
-        changes["flow"] = dataclasses.replace(settings.flow or FlowConfig(), **_overrides(args.flow))
+        changes["flow"] = dataclasses.replace(
+            settings.flow or FlowConfig(), **_overrides(args.flow)
+        )
     if args.n_flow_samples is not None:
         changes["n_flow_samples"] = args.n_flow_samples
     if args.n_per_chain is not None:

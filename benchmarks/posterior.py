@@ -55,6 +55,11 @@ def _parse(argv):
         type=int,
         help="flow training: forward-KL refinement rounds (default TrainConfig's; 0: none)",
     )
+    p.add_argument(
+        "--refine-patience",
+        type=int,
+        help="flow training: stop refining after this many rounds without a better pool ESS",
+    )
     p.add_argument("--flow-samples", type=int, default=50000)
     p.add_argument(
         "--flow-family", choices=("maf", "coupling"), help="flow architecture (FlowConfig.family)"
@@ -344,6 +349,7 @@ def _case(args, correlation) -> dict:
             "patience": args.patience,
             "min_delta": args.min_delta,
             "refine_rounds": args.refine_rounds,
+            "refine_patience": args.refine_patience,
         }
         cfg = TrainConfig(
             max_steps=args.steps,

@@ -77,13 +77,14 @@ def _flow_log_prob(flow, z):
     return jax.vmap(flow.log_prob)(z)
 
 
-def flow_draws(posterior: Posterior, flow, key, n: int, *, chunk: int = TARGET_CHUNK):
-    """n flow samples z with ln q, ln L and ln pi + ln|J| (host arrays), in fixed-size chunks."""
+def flow_draws(posterior: Posterior, flow, key, n: int, *, chunk: int = TARGET_CHUNK, devices=None):
+    """n flow samples z with ln q, ln L and ln pi + ln|J| (host arrays), in fixed-size chunks
+    (the target's values split over `devices` as in `ptaflow.flows.target_parts`)."""
     zs, log_qs, lls, lps = [], [], [], []
     n_chunks = -(-n // chunk)
     for i in range(n_chunks):
         z, log_q = draw_with_log_q(flow, jax.random.fold_in(key, i), chunk)
-        ll, lp = target_parts(posterior, z, chunk=chunk)
+        ll, lp = target_parts(posterior, z, chunk=chunk, devices=devices)
         zs.append(np.asarray(z))
         log_qs.append(np.asarray(log_q))
         lls.append(np.asarray(ll))
@@ -101,6 +102,7 @@ def defensive_draws(
     n_noise: int,
     *,
     chunk: int = TARGET_CHUNK,
+    devices=None,
 ):
     """Flow draws joined by n_noise draws of the noise-only component, with mixture densities.
 
@@ -116,6 +118,7 @@ def defensive_draws(
         flow_part: (z, ln q_flow, ln L, ln pi + ln|J|) of n_flow flow draws (`flow_draws`).
         key: JAX key of the noise-only draws.
         n_noise: how many noise-only draws.
+        chunk, devices: as in `flow_draws`.
 
     Returns:
         (z, ln q, ln L, ln pi + ln|J|), n_flow + n_noise rows, the flow draws first.
@@ -125,7 +128,7 @@ def defensive_draws(
         raise ParameterError(f"n_noise={n_noise}: expected at least one noise-only draw")
     theta_0 = noise.sample_theta(key, n_noise)
     z_0 = np.asarray(posterior.to_unconstrained(jnp.asarray(theta_0)))
-    ll_0, lp_0 = target_parts(posterior, z_0, chunk=chunk)
+    ll_0, lp_0 = target_parts(posterior, z_0, chunk=chunk, devices=devices)
     (log_q_f0,) = fixed_chunks(lambda z: _flow_log_prob(flow, z), z_0, chunk)
     z = np.concatenate([z_f, z_0])
     lp = np.concatenate([lp_f, lp_0])
@@ -346,7 +349,8 @@ def fit_posterior(
         timings=timings,
     )
     with _phase(timings, "samples"):
-        parts = flow_draws(posterior, flow, key_draw, n_samples - n_noise)
+        devices = train_config.devices
+        parts = flow_draws(posterior, flow, key_draw, n_samples - n_noise, devices=devices)
         noise = None
         if n_noise:
             if noise_only is None:
@@ -354,7 +358,9 @@ def fit_posterior(
             else:
                 noise = noise_only.for_posterior(posterior)
             key_noise = jax.random.fold_in(key_draw, 2**31 - 1)
-            parts = defensive_draws(posterior, flow, noise, parts, key_noise, n_noise)
+            parts = defensive_draws(
+                posterior, flow, noise, parts, key_noise, n_noise, devices=devices
+            )
     z, log_q, ll, lp = parts
     return PosteriorFit(
         posterior=posterior,
@@ -420,13 +426,16 @@ def independence_samples(
     t0 = time.perf_counter()
     n = num_chains * num_samples
     key = jax.random.key(seed)
+    devices = fit.train_config.devices
     if fit.noise_only is None or fit.defensive_fraction == 0:
-        z, log_q, ll, lp = flow_draws(fit.posterior, fit.flow, key, n)
+        z, log_q, ll, lp = flow_draws(fit.posterior, fit.flow, key, n, devices=devices)
     else:
         n_noise = max(1, round(fit.defensive_fraction * n))
         key_flow, key_noise = jax.random.split(key)
-        part = flow_draws(fit.posterior, fit.flow, key_flow, n - n_noise)
-        part = defensive_draws(fit.posterior, fit.flow, fit.noise_only, part, key_noise, n_noise)
+        part = flow_draws(fit.posterior, fit.flow, key_flow, n - n_noise, devices=devices)
+        part = defensive_draws(
+            fit.posterior, fit.flow, fit.noise_only, part, key_noise, n_noise, devices=devices
+        )
         order = np.random.default_rng(seed + 1).permutation(n)
         z, log_q, ll, lp = (a[order] for a in part)
     log_p = ll + lp
