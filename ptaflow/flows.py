@@ -610,9 +610,10 @@ def target_parts(
     split into one equal block per device (`ptaflow.devices.map_rows`); the values do not
     depend on it.
     """
-    if devices in (None, 1):
-        devices = None
-    return fixed_chunks(lambda x: _target_parts_chunk(target, x, devices), np.asarray(z), chunk)
+    # As a device count, so that "all" and its number share one compiled function.
+    mesh = None if devices is None else device_mesh(devices, what="devices")
+    n_dev = None if mesh is None or mesh.size == 1 else mesh.size
+    return fixed_chunks(lambda x: _target_parts_chunk(target, x, n_dev), np.asarray(z), chunk)
 
 
 def _partition(flow):
