@@ -1,10 +1,12 @@
 """PTA log-likelihoods in JAX: CURN, Hellings-Downs, and the free-spectrum refit likelihood.
 
-All likelihoods are `equinox.Module`s holding device arrays, called on a flat float64 parameter
-vector `theta` whose entries are named by `param_names` (enterprise names:
-`{psr}_red_noise_log10_A`, `{psr}_red_noise_gamma` for every pulsar, then the common process's
-parameters). They are pure functions of theta: jit, vmap and grad all work, and `batch`
-evaluates many parameter vectors at once (compile with `equinox.filter_jit(like.batch)` or
+Every likelihood is a final subclass of `AbstractLikelihood` (equinox's abstract/final pattern):
+`PTALikelihood` (CURN or HD, `make_likelihood`) and `RefitLikelihood` (`make_refit_likelihood`).
+They are `equinox.Module`s holding device arrays, called on a flat float64 parameter vector
+`theta` whose entries are named by `param_names` (enterprise names: `{psr}_red_noise_log10_A`,
+`{psr}_red_noise_gamma` for every pulsar, then the common process's parameters). They are pure
+functions of theta: jit, vmap and grad all work, and `batch` evaluates many parameter vectors
+at once (compile with `equinox.filter_jit(like.batch)` or
 `jax.jit(lambda t: like.batch(t))`: a Module holding arrays is not a static argument of
 `jax.jit`). Enable float64 (`jax.config.update("jax_enable_x64",
 True)`) before building them; ln L of a PTA is ~1e5 and needs it.
@@ -22,13 +24,15 @@ frequencies only; the K_rn - K_gw uncoupled frequencies are eliminated per pulsa
 complement, leaving one (n_psr 2 K_gw)^2 system.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: equinox reads the AbstractVar annotations of
+# `AbstractLikelihood` when the class is created, and does not accept them as strings.
 
+import abc
 import functools
 import pathlib
 import warnings
 from collections.abc import Sequence
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import equinox as eqx
 import jax
@@ -43,9 +47,11 @@ from .spectra import powerlaw_psd
 
 __all__ = [
     "CommonProcess",
+    "check_common_process",
     "PowerLawProcess",
     "hellings_downs",
     "red_noise_names",
+    "AbstractLikelihood",
     "PTALikelihood",
     "make_likelihood",
     "FreeSpectrumDensities",
@@ -66,6 +72,41 @@ class CommonProcess(Protocol):
     param_names: tuple[str, ...]
 
     def psd(self, f: jax.Array, theta: jax.Array) -> jax.Array: ...
+
+
+def check_common_process(
+    common: object, argument: str = "common", alternatives: str = ""
+) -> CommonProcess:
+    """`common` itself if it offers what a likelihood uses of a common process (`CommonProcess`).
+
+    Common processes are duck-typed so that any object with `param_names` and `psd` serves (a
+    `ptaflow.models.SourceModel`, a `PowerLawProcess`, a user's own spectrum); this is the one
+    check of that, made when a likelihood or posterior is built.
+
+    Args:
+        common: the candidate common process.
+        argument: the argument's name in the error message.
+        alternatives: what else the caller accepts, e.g. "a model name or path, or ", put before
+            "a common process" in the error message.
+
+    Raises:
+        ParameterError: it has no `param_names` or no callable `psd`; the message names which.
+    """
+    missing = [
+        member
+        for member, present in (
+            ("param_names", hasattr(common, "param_names")),
+            ("psd(f, theta)", callable(getattr(common, "psd", None))),
+        )
+        if not present
+    ]
+    if missing:
+        raise ParameterError(
+            f"{argument}={common!r}: expected {alternatives}a common process with param_names "
+            "and psd(f, theta) returning S(f) [s^3] at frequencies f [Hz] (e.g. a "
+            f"ptaflow.models.SourceModel); it has no {' and no '.join(missing)}"
+        )
+    return common
 
 
 class PowerLawProcess(eqx.Module):
@@ -637,8 +678,37 @@ def _noise_only_terms(FNF, FNr, freqs, tspan, rn):
     return 0.5 * quad - half_logdet
 
 
-class _RowBatched(eqx.Module):
-    """A likelihood of one parameter vector that also evaluates many (`batch`)."""
+class AbstractLikelihood(eqx.Module):
+    """Interface of a PTA log-likelihood ln L(theta) on a flat parameter vector theta.
+
+    The concrete likelihoods are final classes built by their factories: `PTALikelihood`
+    (`make_likelihood`) and `RefitLikelihood` (`make_refit_likelihood`). Each provides ln L of
+    one parameter vector (`__call__`) and the attributes below; `n_dim` and `batch` are
+    defined here, once for all of them.
+
+    Attributes:
+        common: the common-process (SGWB) spectrum (`CommonProcess`); its parameters are the
+            last entries of theta.
+        param_names: names of theta's entries, in order (enterprise convention).
+        correlation: "curn" or "hd" for the full likelihood; "refit" for the free-spectrum
+            likelihood, whose densities already hold the inter-pulsar correlations.
+        mode: "full" (per-pulsar red noise and the common process) or "refit" (the common
+            process's parameters only); a class attribute.
+    """
+
+    common: eqx.AbstractVar[CommonProcess]
+    param_names: eqx.AbstractVar[tuple[str, ...]]
+    correlation: eqx.AbstractVar[str]
+    mode: eqx.AbstractClassVar[str]
+
+    @abc.abstractmethod
+    def __call__(self, theta: jax.Array) -> jax.Array:
+        """ln L at one parameter vector, shape (n_dim,) -> scalar."""
+
+    @property
+    def n_dim(self) -> int:
+        """Number of parameters, the length of theta."""
+        return len(self.param_names)
 
     def batch(
         self,
@@ -659,11 +729,13 @@ class _RowBatched(eqx.Module):
         return map_rows(self, thetas, chunk_size, devices)
 
 
-class PTALikelihood(_RowBatched):
+class PTALikelihood(AbstractLikelihood):
     """ln L(theta) of per-pulsar power-law red noise plus one common process (CURN or HD).
 
     Build with `make_likelihood`. Call as `like(theta)` (scalar) or `like.batch(thetas)`.
     """
+
+    mode: ClassVar[str] = "full"
 
     FNF: jax.Array  # (n_psr, 2 n_rn, 2 n_rn)
     FNr: jax.Array  # (n_psr, 2 n_rn)
@@ -686,10 +758,6 @@ class PTALikelihood(_RowBatched):
     @property
     def param_names(self) -> tuple[str, ...]:
         return red_noise_names(self.psr_names) + tuple(self.common.param_names)
-
-    @property
-    def n_dim(self) -> int:
-        return 2 * self.n_psr + len(self.common.param_names)
 
     def _variances(self, theta):
         """Per-frequency GP variances S(f_k)/T [s^2]: red noise (n_psr, n_rn), common (n_gw,)."""
@@ -750,7 +818,8 @@ def make_likelihood(
     Args:
         reduced: statistics from `ptaflow.data.reduce_pta` / `load_reduced`.
         common: common-process spectrum (default: power law with enterprise names gw_log10_A,
-            gw_gamma); any object with `param_names` and a pure-JAX `psd(f, theta)` [s^3].
+            gw_gamma); any object with `param_names` and a pure-JAX `psd(f, theta)` [s^3]
+            (checked by `check_common_process`).
         correlation: "curn" (uncorrelated) or "hd" (Hellings-Downs).
         n_rn: red-noise frequencies K_rn (NANOGrav default 30).
         n_gw: common-process frequencies K_gw <= K_rn (NANOGrav default 14).
@@ -768,7 +837,7 @@ def make_likelihood(
             f"n_gw={n_gw}, n_rn={n_rn}: expected 1 <= n_gw <= n_rn <= {reduced.n_freq} (the "
             "frequencies in the reduced data; reduce again with a larger n_freq)"
         )
-    common = PowerLawProcess() if common is None else common
+    common = PowerLawProcess() if common is None else check_common_process(common)
     _check_blas_threads()
     orf_matrix = None
     if correlation == "hd":
@@ -859,24 +928,26 @@ def load_free_spectrum_densities(
     )
 
 
-class RefitLikelihood(_RowBatched):
+class RefitLikelihood(AbstractLikelihood):
     """Free-spectrum 'refit' likelihood: ln L = sum_k ln p_k(0.5 log10(S(f_k; theta)/T)).
 
     p_k is linearly interpolated on the grid; values of log10 rho outside the grid take the
     edge value (below the grid the free-spectrum posterior is flat, noise-dominated).
+    Build with `make_refit_likelihood`.
     """
 
     densities: FreeSpectrumDensities
     common: CommonProcess
     n_freq: int = eqx.field(static=True)
+    mode: ClassVar[str] = "refit"
+
+    @property
+    def correlation(self) -> str:
+        return "refit"
 
     @property
     def param_names(self) -> tuple[str, ...]:
         return tuple(self.common.param_names)
-
-    @property
-    def n_dim(self) -> int:
-        return len(self.common.param_names)
 
     def __call__(self, theta: jax.Array) -> jax.Array:
         d = self.densities
@@ -905,5 +976,5 @@ def make_refit_likelihood(
         raise ParameterError(
             f"n_freq={n_freq}: expected 1..{n_avail} (frequencies in the densities)"
         )
-    common = PowerLawProcess() if common is None else common
+    common = PowerLawProcess() if common is None else check_common_process(common)
     return RefitLikelihood(densities=densities, common=common, n_freq=int(n_freq))

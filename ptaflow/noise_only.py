@@ -46,7 +46,8 @@ from scipy.special import logsumexp
 
 from .devices import fixed_chunks
 from .errors import ParameterError
-from .likelihood import _noise_only_terms
+from .likelihood import PTALikelihood, _noise_only_terms
+from .posterior import Posterior
 
 __all__ = ["GridDensity2D", "grid_density_2d", "NoiseOnlyPosterior", "noise_only_posterior"]
 
@@ -185,7 +186,7 @@ class NoiseOnlyPosterior:
         log_evidence_err: its quadrature error (the pulsars' errors added).
     """
 
-    posterior: object
+    posterior: Posterior
     grids: tuple[GridDensity2D, ...]
     log_evidence: float
     log_evidence_err: float
@@ -222,7 +223,7 @@ class NoiseOnlyPosterior:
             out = self.log_prob_rn(theta) - self.log_prior_rn(theta) + np.asarray(log_prior_z)
         return np.where(np.isnan(out), -np.inf, out)
 
-    def for_posterior(self, posterior) -> NoiseOnlyPosterior:
+    def for_posterior(self, posterior: Posterior) -> NoiseOnlyPosterior:
         """The same noise-only model for another full-mode posterior of the same data.
 
         The noise-only model depends on the pulsars' reduced data and their red-noise priors,
@@ -233,11 +234,7 @@ class NoiseOnlyPosterior:
             ParameterError: `posterior` differs in its pulsars, red-noise frequencies, data or
                 red-noise priors.
         """
-        if getattr(posterior, "mode", None) != "full":
-            raise ParameterError(
-                f"posterior {posterior!r}: the noise-only model needs a full-mode posterior"
-            )
-        ours, theirs = self.posterior.likelihood, posterior.likelihood
+        ours, theirs = self.posterior.likelihood, _full_likelihood(posterior)
         same = ours.psr_names == theirs.psr_names and all(
             np.array_equal(np.asarray(getattr(ours, f)), np.asarray(getattr(theirs, f)))
             for f in ("FNF", "FNr", "const", "freqs", "tspan")
@@ -269,7 +266,21 @@ class NoiseOnlyPosterior:
         return theta
 
 
-def _red_noise_priors(posterior) -> list:
+def _full_likelihood(posterior: Posterior) -> PTALikelihood:
+    """The likelihood of a full-mode posterior, the one kind with per-pulsar red noise.
+
+    Raises:
+        ParameterError: `posterior` is not a full-mode `Posterior`.
+    """
+    if not isinstance(posterior, Posterior) or not isinstance(posterior.likelihood, PTALikelihood):
+        raise ParameterError(
+            f"posterior {posterior!r}: the noise-only model needs a full-mode posterior "
+            "(make_posterior), with per-pulsar red noise"
+        )
+    return posterior.likelihood
+
+
+def _red_noise_priors(posterior: Posterior) -> list:
     """The 2 n_psr scalar priors of the red-noise parameters, in theta order."""
     prior = posterior.prior
     by_name = {}
@@ -295,7 +306,12 @@ def _pulsar_terms(likelihood, FNF, FNr, rn):
 
 
 def noise_only_posterior(
-    posterior, *, n_grid: int = 200, n_coarse: int = 64, cut: float = 30.0, chunk: int = 4096
+    posterior: Posterior,
+    *,
+    n_grid: int = 200,
+    n_coarse: int = 64,
+    cut: float = 30.0,
+    chunk: int = 4096,
 ) -> NoiseOnlyPosterior:
     """The exact noise-only red-noise posterior and evidence of a full-mode posterior.
 
@@ -311,12 +327,7 @@ def noise_only_posterior(
     Raises:
         ParameterError: a refit-mode posterior, or a red-noise prior without finite bounds.
     """
-    if getattr(posterior, "mode", None) != "full":
-        raise ParameterError(
-            f"posterior {posterior!r}: the noise-only model needs a full-mode posterior "
-            "(make_posterior), with per-pulsar red noise"
-        )
-    like = posterior.likelihood
+    like = _full_likelihood(posterior)
     priors = _red_noise_priors(posterior)
     grids = []
     for a in range(like.n_psr):

@@ -27,10 +27,11 @@ from .data.reduction import ReducedPTA, load_reduced
 from .devices import map_rows
 from .errors import ParameterError
 from .likelihood import (
+    AbstractLikelihood,
     CommonProcess,
     FreeSpectrumDensities,
     PTALikelihood,
-    RefitLikelihood,
+    check_common_process,
     make_likelihood,
     make_refit_likelihood,
 )
@@ -60,25 +61,37 @@ class Posterior(eqx.Module):
     """Unnormalised log-posterior with a normalised prior, on theta and on unconstrained z.
 
     Attributes:
-        likelihood: `PTALikelihood` (full mode) or `RefitLikelihood` (refit mode).
+        likelihood: an `AbstractLikelihood`: `PTALikelihood` (full mode) or `RefitLikelihood`
+            (refit mode).
         prior: joint prior over theta (same names and order as the likelihood).
         model_name: the source model's name (provenance).
-        mode: "full" or "refit".
-        correlation: "curn", "hd" (full mode) or "refit".
     """
 
-    likelihood: PTALikelihood | RefitLikelihood
+    likelihood: AbstractLikelihood
     prior: JointPrior
     model_name: str = eqx.field(static=True)
-    mode: str = eqx.field(static=True)
-    correlation: str = eqx.field(static=True)
 
     def __check_init__(self):
+        if not isinstance(self.likelihood, AbstractLikelihood):
+            raise ParameterError(
+                f"likelihood={self.likelihood!r}: expected a ptaflow.likelihood."
+                "AbstractLikelihood, from make_likelihood or make_refit_likelihood"
+            )
         if tuple(self.likelihood.param_names) != tuple(self.prior.names):
             raise ParameterError(
                 f"likelihood parameters {self.likelihood.param_names} and prior parameters "
                 f"{self.prior.names} differ; they must be the same names in the same order"
             )
+
+    @property
+    def mode(self) -> str:
+        """The likelihood's mode: "full" or "refit"."""
+        return self.likelihood.mode
+
+    @property
+    def correlation(self) -> str:
+        """The likelihood's correlation: "curn", "hd" (full mode) or "refit"."""
+        return self.likelihood.correlation
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -140,20 +153,24 @@ class Posterior(eqx.Module):
 
     def describe(self) -> str:
         """One line: mode, correlation, model and dimension."""
-        n_psr = len(self.likelihood.psr_names) if self.mode == "full" else 0
-        where = f"{n_psr} pulsars, {self.correlation.upper()}" if n_psr else "free-spectrum refit"
+        like = self.likelihood
+        if isinstance(like, PTALikelihood):
+            where = f"{like.n_psr} pulsars, {like.correlation.upper()}"
+        else:
+            where = "free-spectrum refit"
         return f"{self.model_name} ({where}; {self.n_dim} parameters)"
 
 
 def _as_model(model: str | pathlib.Path | SourceModel | CommonProcess) -> CommonProcess:
     if isinstance(model, (str, pathlib.Path)):
         return load_model(model)
-    if not hasattr(model, "param_names") or not hasattr(model, "psd"):
-        raise ParameterError(
-            f"model={model!r}: expected a model name or path, a ptaflow.models.SourceModel, or "
-            "an object with param_names and psd(f, theta)"
-        )
-    return model
+    return check_common_process(model, "model", "a model name or path, or ")
+
+
+def _model_name(common: CommonProcess) -> str:
+    """The name recorded as provenance: the model's own `name` (a `SourceModel`'s, or one a
+    user's common process carries), else its class name."""
+    return getattr(common, "name", type(common).__name__)
 
 
 def _common_prior(common: CommonProcess, common_priors) -> dict:
@@ -235,8 +252,7 @@ def make_posterior(
         spec[f"{psr}_red_noise_log10_A"] = a_prior
         spec[f"{psr}_red_noise_gamma"] = g_prior
     spec.update(_common_prior(common, common_priors))
-    name = getattr(common, "name", type(common).__name__)
-    return Posterior(like, make_joint_prior(spec), name, "full", correlation)
+    return Posterior(like, make_joint_prior(spec), _model_name(common))
 
 
 def make_refit_posterior(
@@ -258,5 +274,4 @@ def make_refit_posterior(
     common = _as_model(model)
     like = make_refit_likelihood(common, densities, n_freq=n_freq)
     prior = make_joint_prior(_common_prior(common, common_priors))
-    name = getattr(common, "name", type(common).__name__)
-    return Posterior(like, prior, name, "refit", "refit")
+    return Posterior(like, prior, _model_name(common))

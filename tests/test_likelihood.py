@@ -12,6 +12,8 @@ Ground truth:
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -23,7 +25,11 @@ from ptaflow._paths import DATA_DIR
 from ptaflow.data import array_span, load_feather, load_noise_dict, load_reduced, reduce_pta
 from ptaflow.errors import DataError, ParameterError, PulsarNotFoundError
 from ptaflow.likelihood import (
+    AbstractLikelihood,
     FreeSpectrumDensities,
+    PowerLawProcess,
+    PTALikelihood,
+    RefitLikelihood,
     hellings_downs,
     load_free_spectrum_densities,
     make_likelihood,
@@ -312,6 +318,65 @@ def test_make_likelihood_rejects_bad_arguments(reduced3):
         make_likelihood(reduced3, correlation="hd", orf=np.ones((3, 3)))
     with pytest.raises(ParameterError, match=r"orf has shape \(2, 2\), expected \(3, 3\)"):
         make_likelihood(reduced3, correlation="hd", orf=np.eye(2))
+    with pytest.raises(ParameterError, match=r"common=.*it has no psd\(f, theta\)$"):
+        make_likelihood(reduced3, _NoSpectrum())
+
+
+# --- one interface, final classes -----------------------------------------------------------------
+
+
+class _NoSpectrum:
+    """A common process missing its spectrum."""
+
+    param_names = ("log10_rho",)
+
+
+def test_both_likelihoods_are_final_classes_of_the_abstract_likelihood(likes3):
+    refit = make_refit_likelihood()
+    cases = [(likes3["curn"], "full", "curn"), (likes3["hd"], "full", "hd")]
+    cases.append((refit, "refit", "refit"))
+    for like, mode, correlation in cases:
+        assert isinstance(like, AbstractLikelihood)
+        assert (like.mode, like.correlation) == (mode, correlation)
+        assert like.n_dim == len(like.param_names)
+        assert like.param_names[-2:] == like.common.param_names == ("gw_log10_A", "gw_gamma")
+    assert (PTALikelihood.mode, RefitLikelihood.mode) == ("full", "refit")
+
+
+class _Named(AbstractLikelihood):
+    """The names and the common process of a likelihood, still abstract: no mode, no ln L."""
+
+    common: PowerLawProcess
+
+    @property
+    def param_names(self):
+        return self.common.param_names
+
+    @property
+    def correlation(self):
+        return "refit"
+
+
+class _NoValue(_Named):
+    """Everything a likelihood declares except ln L itself (`__call__`)."""
+
+    mode: ClassVar[str] = "refit"
+
+
+class _NoMode(_Named):
+    """A likelihood that does not say whether it is full or refit."""
+
+    def __call__(self, theta):
+        return jnp.sum(theta)
+
+
+def test_an_incomplete_likelihood_cannot_be_built():
+    with pytest.raises(TypeError, match="abstract"):
+        AbstractLikelihood()
+    with pytest.raises(TypeError, match="abstract method __call__"):
+        _NoValue(PowerLawProcess())
+    with pytest.raises(TypeError, match="abstract class attributes {'mode'}"):
+        _NoMode(PowerLawProcess())
 
 
 # --- the shipped 48-pulsar reduced statistics -----------------------------------------------------

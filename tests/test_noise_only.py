@@ -258,8 +258,11 @@ def test_grid_rejects_non_finite_log_f():
 
 
 def test_noise_only_needs_full_mode():
+    refit = make_refit_posterior("powerlaw")
     with pytest.raises(ParameterError, match="full-mode posterior"):
-        noise_only_posterior(make_refit_posterior("powerlaw"))
+        noise_only_posterior(refit)
+    with pytest.raises(ParameterError, match="full-mode posterior"):
+        noise_only_posterior(refit.likelihood)  # a likelihood, not a posterior
 
 
 # --- the noise-only likelihood ------------------------------------------------------------------
@@ -468,3 +471,5 @@ def test_noise_only_model_refuses_other_data(noise2):
     )
     with pytest.raises(ParameterError, match=r"red-noise prior .* differs"):
         noise2.for_posterior(narrower)
+    with pytest.raises(ParameterError, match="full-mode posterior"):
+        noise2.for_posterior(make_refit_posterior("powerlaw"))

@@ -18,7 +18,7 @@ from scipy.special import logsumexp
 
 from ptaflow.errors import ModelError, ParameterError, PulsarNotFoundError
 from ptaflow.likelihood import PowerLawProcess, make_likelihood
-from ptaflow.posterior import make_posterior, make_refit_posterior, select_reduced
+from ptaflow.posterior import Posterior, make_posterior, make_refit_posterior, select_reduced
 from ptaflow.priors import Uniform
 
 
@@ -117,5 +117,20 @@ def test_bad_arguments_are_named():
         make_posterior(pulsars=["J1909-3745"])
     with pytest.raises(ParameterError, match="correlation"):
         make_posterior(pulsars=2, correlation="dipole")
-    with pytest.raises(ParameterError, match="expected a model name"):
+    with pytest.raises(ParameterError, match="expected a model name.*no param_names and no psd"):
         make_posterior(model=3.0, pulsars=2)
+
+
+def test_mode_and_correlation_are_the_likelihoods(post3):
+    assert (post3.mode, post3.correlation) == ("full", "curn")
+    hd = make_posterior(model="powerlaw", pulsars=2, correlation="hd", n_rn=10, n_gw=5)
+    assert (hd.mode, hd.correlation) == ("full", "hd")
+    assert hd.describe() == "powerlaw (2 pulsars, HD; 6 parameters)"
+    refit = make_refit_posterior("powerlaw")
+    assert (refit.mode, refit.correlation) == ("refit", "refit")
+    assert refit.describe() == "powerlaw (free-spectrum refit; 2 parameters)"
+
+
+def test_a_posterior_needs_a_ptaflow_likelihood(post3):
+    with pytest.raises(ParameterError, match="expected a ptaflow.likelihood.AbstractLikelihood"):
+        Posterior(post3.log_likelihood, post3.prior, "powerlaw")
