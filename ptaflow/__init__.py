@@ -33,14 +33,14 @@ _API: dict[str, tuple[str, ...]] = {
     "ptaflow.models": ("SourceModel", "load_model", "list_models", "load_preset"),
     "ptaflow.likelihood": ("make_likelihood",),
     "ptaflow.posterior": ("Posterior", "make_posterior", "make_refit_posterior"),
-    "ptaflow.flows": ("FlowConfig", "TrainConfig"),
+    "ptaflow.settings": ("FlowConfig", "TrainConfig", "CompareSettings"),
     "ptaflow.inference": ("fit_posterior",),
     "ptaflow.evidence": (
         "EvidenceResult",
         "estimate_evidence_importance",
         "estimate_evidence_harmonic",
     ),
-    "ptaflow.compare": ("CompareSettings", "compare"),
+    "ptaflow.compare": ("compare",),
     "ptaflow.results": ("PosteriorResult", "save_posterior", "load_posterior"),
     "ptaflow.priors": (
         "AbstractPrior",
@@ -106,12 +106,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # the same names, for type checkers and editors
-    from .compare import CompareSettings, compare
+    from .compare import compare
     from .data.pulsars import load_pulsars
     from .data.reduction import ReducedPTA, load_reduced, reduce_pta, save_reduced
     from .errors import PtaflowError
     from .evidence import EvidenceResult, estimate_evidence_harmonic, estimate_evidence_importance
-    from .flows import FlowConfig, TrainConfig
     from .inference import fit_posterior
     from .likelihood import make_likelihood
     from .models import SourceModel, list_models, load_model, load_preset
@@ -128,6 +127,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         make_joint_prior,
     )
     from .results import PosteriorResult, load_posterior, save_posterior
+    from .settings import CompareSettings, FlowConfig, TrainConfig
     from .threads import limit_blas_threads
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import hashlib
 import json
 import math
 import pathlib
@@ -48,11 +47,11 @@ import jax.numpy as jnp
 import numpy as np
 from flowjax.distributions import Transformed
 
-from . import __version__
 from .devices import release_compiled_code
 from .errors import ModelError, ParameterError, PtaflowError, close_matches
 from .evidence import estimate_evidence_harmonic, estimate_evidence_importance
-from .flows import FlowConfig, TrainConfig, reset_coordinates
+from .flows import reset_coordinates
+from .identity import derived_seed, file_digest, result_key, settings_identity
 from .inference import PosteriorFit, fit_posterior, independence_samples, neutra_samples
 from .models import PRESETS, SourceModel, load_model
 from .noise_only import NoiseOnlyPosterior
@@ -67,6 +66,7 @@ from .results import (
     write_csv_atomic,
     write_json_atomic,
 )
+from .settings import CompareSettings, FlowConfig, TrainConfig
 
 __all__ = [
     "CompareSettings",
@@ -92,6 +92,9 @@ __all__ = [
 ]
 
 _RECORD_FORMAT = 1
+
+#: Former name of `ptaflow.identity.derived_seed`, still called by benchmarks/pipeline.py.
+_model_seed = derived_seed
 
 #: Refit-mode training of one- and two-parameter models: the free-spectrum likelihood is
 #: cheap and piecewise linear with plateaus, so the flow starts at the importance-weighted
@@ -148,122 +151,6 @@ def refit_configs(n_dim: int) -> tuple[TrainConfig, FlowConfig, str]:
         return REFIT_TRAIN_ANNEALED, REFIT_FLOW_ANNEALED, "separate"
     flow = REFIT_FLOW if n_dim > 1 else dataclasses.replace(REFIT_FLOW, family="maf")
     return REFIT_TRAIN, flow, "posterior"
-
-
-#: CompareSettings fields that only full mode uses.
-_FULL_MODE_ONLY = ("data", "pulsars", "correlation", "n_rn", "n_gw")
-
-
-@dataclasses.dataclass(frozen=True)
-class CompareSettings:
-    """What a comparison runs on and how.
-
-    Attributes:
-        mode: "refit" (free-spectrum densities, SGWB parameters only) or "full".
-        correlation: full mode: "curn" (default, as `make_posterior`, `make_likelihood` and
-            batch job files) or "hd", for the models whose file declares no `correlation`
-            (a model file's "uncorrelated" means CURN, its "hd" HD; see `model_correlation`).
-        pulsars: full mode: an int N (the N best by ptaflow's ranking rule) or names.
-        data: full mode: reduced-data HDF5 path (default the shipped NG15 subset).
-        n_rn, n_gw: red-noise / common-process frequencies (full mode).
-        n_freq: free-spectrum frequencies (refit mode; full mode: the spectra plot).
-        reference: model the Bayes factors are taken against (a name or model-file path).
-        seed: base seed; each model's seed derives from it and the model name.
-        train: flow training options (default `TrainConfig()` in full mode; in refit mode
-            None: by the model's dimension, `refit_configs`).
-        flow: flow architecture (default `FlowConfig()` in full mode; in refit mode None: by
-            the model's dimension, `refit_configs`).
-        n_flow_samples: flow samples for importance sampling.
-        exact: how the harmonic mean's exact posterior samples are drawn: "imh"
-            (independence Metropolis-Hastings with the flow as proposal; no gradients) or
-            "neutra" (NUTS in the flow's latent space, `neutra_warmup` warm-up steps).
-        n_chains, n_per_chain: those chains; half train the harmonic-mean flow, and the
-            spread of the other half's estimates gives its error (10 evaluation chains by
-            default, enough for that spread to be meaningful).
-        harmonic_flow: the harmonic mean's phi: "posterior" (the fitted posterior flow
-            concentrated to `temperature`, evaluated on every exact chain; the chains'
-            proposals are fresh flow draws, independent of its training) or "separate" (a
-            new flow fitted to half of the chains, the other half evaluating). Default
-            "separate" in full mode; in refit mode None: by the model's dimension
-            (`refit_configs`).
-        temperature: the harmonic-mean flow's concentration T < 1 (default 0.5 for the
-            posterior flow, 0.9 for a separate one). The posterior flow is trained to cover
-            the posterior's mass (forward KL) and leaks past sharp edges of tabulated spectra:
-            at T = 0.9 it overestimated ln Z of meta_l by 0.02 nat, at T = 0.5 by < 0.01.
-        warm_start: full mode: start each model's flow from the previous model's fit where
-            the two have as many source parameters (the red-noise parameters are those of
-            the same pulsars and priors): its red-noise map is kept, its source-parameter
-            coordinates restart prior-wide (`ptaflow.flows.reset_coordinates`), and the
-            Laplace search is skipped. The evidences then depend on the order of the models
-            only within their errors (each flow is still trained to convergence and its
-            weights are exact); a model's record does not depend on it.
-
-    Raises:
-        ParameterError: an invalid value, or in refit mode a full-mode option (`data`,
-            `pulsars`, `correlation`, `n_rn`, `n_gw`) set away from its default.
-    """
-
-    mode: str = "refit"
-    correlation: str = "curn"
-    pulsars: int | tuple[str, ...] | None = 10
-    data: str | None = None
-    n_rn: int = 30
-    n_gw: int = 14
-    n_freq: int = 14
-    reference: str = "smbhb"
-    seed: int = 0
-    train: TrainConfig | None = None
-    flow: FlowConfig | None = None
-    n_flow_samples: int = 20000
-    exact: str = "imh"
-    n_chains: int = 20
-    n_per_chain: int = 1000
-    neutra_warmup: int = 300
-    harmonic_flow: str | None = None
-    temperature: float | None = None
-    warm_start: bool = True
-
-    def __post_init__(self):
-        if self.mode not in ("refit", "full"):
-            raise ParameterError(f"mode={self.mode!r}: expected 'refit' or 'full'")
-        if self.correlation not in ("curn", "hd"):
-            raise ParameterError(f"correlation={self.correlation!r}: expected 'curn' or 'hd'")
-        if self.exact not in ("imh", "neutra"):
-            raise ParameterError(f"exact={self.exact!r}: expected 'imh' or 'neutra'")
-        if self.n_chains < 4:
-            raise ParameterError(
-                f"n_chains={self.n_chains}: the harmonic-mean error needs >= 4 chains"
-            )
-        if isinstance(self.pulsars, list):
-            object.__setattr__(self, "pulsars", tuple(self.pulsars))
-        if self.mode == "refit":
-            defaults = {f.name: f.default for f in dataclasses.fields(self)}
-            for name in _FULL_MODE_ONLY:
-                if getattr(self, name) != defaults[name]:
-                    raise ParameterError(
-                        f"{name}={getattr(self, name)!r} applies to mode='full' only: refit mode "
-                        "fits the NG15 free-spectrum densities and does not use it. Set "
-                        f"mode='full', or leave {name} at its default ({defaults[name]!r})"
-                    )
-        if self.mode == "full" and self.train is None:
-            object.__setattr__(self, "train", TrainConfig())
-        if self.mode == "full" and self.flow is None:
-            object.__setattr__(self, "flow", FlowConfig())
-        if self.mode == "full" and self.harmonic_flow is None:
-            object.__setattr__(self, "harmonic_flow", "separate")
-        if self.harmonic_flow not in (None, "posterior", "separate"):
-            raise ParameterError(
-                f"harmonic_flow={self.harmonic_flow!r}: expected 'posterior' or 'separate'"
-            )
-        if self.temperature is None and self.harmonic_flow is not None:
-            default = 0.5 if self.harmonic_flow == "posterior" else 0.9
-            object.__setattr__(self, "temperature", default)
-        if self.temperature is not None and not 0 < self.temperature < 1:
-            raise ParameterError(f"temperature={self.temperature}: expected 0 < T < 1")
-
-    def to_dict(self) -> dict:
-        """JSON-able form (nested dataclasses as dicts)."""
-        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -436,10 +323,6 @@ def resolve_models(models: Sequence[str] | str | None) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _model_seed(base: int, name: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{base}:{name}".encode()).digest()[:4], "little")
-
-
 def data_identity(settings: CompareSettings) -> dict:
     """What identifies the data of a comparison: densities (refit) or pulsars and inputs (full)."""
     if settings.mode == "refit":
@@ -458,17 +341,9 @@ def data_identity(settings: CompareSettings) -> dict:
     }
 
 
-def settings_identity(settings: CompareSettings) -> dict:
-    """The settings that results depend on, as a dict: all but the training device count
-    (sharding the training batch over devices gives the same numbers)."""
-    d = settings.to_dict()
-    if d["train"] is not None:
-        d["train"].pop("devices", None)
-    return d
-
-
 def model_key(model: SourceModel, settings: CompareSettings, data_id: dict | None = None) -> str:
-    """Hash of everything a model's result depends on: model file, data, settings, version.
+    """Hash of everything a model's result depends on: model file, data, settings, version
+    (`ptaflow.identity.result_key`).
 
     Args:
         model: the source model (its file's bytes enter the hash).
@@ -476,19 +351,13 @@ def model_key(model: SourceModel, settings: CompareSettings, data_id: dict | Non
         data_id: the data identity (`data_identity(settings)`; computed when None).
     """
     data_id = data_identity(settings) if data_id is None else data_id
-    text = json.dumps(
-        {
-            "model_file": hashlib.sha256(pathlib.Path(model.path).read_bytes()).hexdigest(),
-            "model": model.name,
-            "data": data_id,
-            "settings": settings_identity(settings),
-            "version": __version__,
-            "format": _RECORD_FORMAT,
-        },
-        sort_keys=True,
-        default=str,
+    return result_key(
+        file_digest(model.path),
+        model.name,
+        data_id,
+        settings_identity(settings),
+        fmt=_RECORD_FORMAT,
     )
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def _declares_correlation(model: SourceModel) -> bool:
@@ -591,6 +460,21 @@ def warm_start_flow(
     return reset_coordinates(previous.flow, range(n_noise, posterior.n_dim))
 
 
+def _status(lhm, imp, rhat: float, khat: float) -> tuple[str, str]:
+    """("ok", "") or ("flagged", why): the two ln Z estimates (`EvidenceResult`) disagree by
+    more than 3 combined sigma, the exact chains have R-hat > 1.05, or the importance weights
+    have Pareto khat >= 0.7."""
+    diff = lhm.log_evidence - imp.log_evidence
+    sigma = math.hypot(lhm.log_evidence_err, imp.log_evidence_err)
+    if not (math.isfinite(diff) and abs(diff) <= 3 * sigma):
+        return "flagged", f"estimators differ by {diff:+.3f} nat ({abs(diff) / sigma:.1f} sigma)"
+    if rhat > 1.05:
+        return "flagged", f"exact-sample chains R-hat {rhat:.3f}"
+    if not khat < 0.7:
+        return "flagged", f"importance weights unreliable (Pareto khat {khat:.2f})"
+    return "ok", ""
+
+
 def _run_model(
     model: SourceModel,
     settings: CompareSettings,
@@ -601,7 +485,7 @@ def _run_model(
     previous: PosteriorFit | None = None,
 ) -> tuple[ModelOutcome, PosteriorFit]:
     t0 = time.perf_counter()
-    seed = _model_seed(settings.seed, model.name)
+    seed = derived_seed(settings.seed, model.name)
     with timings.phase("build"):
         posterior = comparison_posterior(model, settings)
     train_config, flow_config, harmonic_flow, temperature = model_configs(settings, posterior.n_dim)
@@ -667,16 +551,7 @@ def _run_model(
         theta = np.asarray(posterior.to_theta(jnp.asarray(chains.flat_samples)))
         summary = _summary(posterior, theta)
     warnings = tuple(imp.warnings) + tuple(lhm.warnings)
-    diff = lhm.log_evidence - imp.log_evidence
-    sigma = math.hypot(lhm.log_evidence_err, imp.log_evidence_err)
-    status, reason = "ok", ""
-    if not (math.isfinite(diff) and abs(diff) <= 3 * sigma):
-        status = "flagged"
-        reason = f"estimators differ by {diff:+.3f} nat ({abs(diff) / sigma:.1f} sigma)"
-    elif float(np.max(chains.rhat)) > 1.05:
-        status, reason = "flagged", f"exact-sample chains R-hat {float(np.max(chains.rhat)):.3f}"
-    elif not fit.khat < 0.7:
-        status, reason = "flagged", f"importance weights unreliable (Pareto khat {fit.khat:.2f})"
+    status, reason = _status(lhm, imp, float(np.max(chains.rhat)), fit.khat)
     outcome = ModelOutcome(
         name=model.name,
         status=status,

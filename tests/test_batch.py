@@ -45,6 +45,7 @@ from ptaflow.batch.executors import (
 )
 from ptaflow.cli import main
 from ptaflow.errors import DataError, ModelError, ParameterError
+from ptaflow.identity import derived_seed
 
 # The module itself: the package attribute `ptaflow.compare` is the function of that name.
 compare_module = importlib.import_module("ptaflow.compare")
@@ -146,6 +147,8 @@ def test_tasks_expand_with_input_keys_and_derived_seeds(tmp_path):
     assert tasks[0].model_name == "smbhb" and tasks[0].group == "refit/a/r0"
     assert {t.group for t in tasks if t.correlation == "hd"} >= {"psr3-hd/b/r1"}
     assert all(t.settings.seed == t.seed for t in tasks)
+    # One seed scheme with comparisons: a task's seed derives from the base seed and its key.
+    assert all(t.seed == derived_seed(job.base_seed, t.key) for t in tasks)
     assert {t.settings.train.max_steps for t in tasks if t.variant == "b"} == {500}
     assert [t.key for t in expand_tasks(parse_job(raw, base_dir=tmp_path))] == [
         t.key for t in tasks
@@ -347,14 +350,14 @@ FULL = {"name": "f", "mode": "full", "pulsars": 3}
         ({"train": {"max_steps": "300"}}, r"\[train\]\.max_steps = '300': expected an integer"),
         ({"train": {"learning_rate": "fast"}}, r"\[train\]\.learning_rate = 'fast': expected a"),
         ({"train": {"refine_keep_best": 1}}, r"\[train\]\.refine_keep_best = 1: expected true"),
-        ({"train": {"max_steps": -1}}, r"\[train\]\.max_steps = -1: .*must be >= 0"),
-        ({"flow": {"nn_width": 0}}, r"\[flow\]\.nn_width = 0: .*must be positive"),
+        ({"train": {"max_steps": -1}}, r"\[train\]\.max_steps = -1: expected an integer >= 0"),
+        ({"flow": {"nn_width": 0}}, r"\[flow\]\.nn_width = 0: expected an integer >= 1"),
         ({"evidence": {"n_chains": "8"}}, r"\[evidence\]\.n_chains = '8': expected an integer"),
         ({"evidence": {"n_per_chain": 0}}, r"\[evidence\]\.n_per_chain = 0: expected an integer"),
         ({"evidence": {"temperature": 1.5}}, r"\[evidence\]\.temperature = 1\.5: .*0 < T < 1"),
         (
             {"variants": [{"name": "v", "train": {"max_steps": -1}}]},
-            r"\[\[variants\]\] 'v'\.train\.max_steps = -1: .*must be >= 0",
+            r"\[\[variants\]\] 'v'\.train\.max_steps = -1: expected an integer >= 0",
         ),
         ({"executor": {"workers": True}}, r"\[executor\]\.workers = True: expected an integer"),
         ({"executor": {"retries": -3}}, r"\[executor\]\.retries = -3: expected an integer >= 0"),

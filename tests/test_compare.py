@@ -261,7 +261,8 @@ def test_out_dir_is_checked_writable_before_any_fit(tmp_path, no_fit):
 )
 def test_refit_mode_refuses_full_mode_options(option):
     (name,) = option
-    with pytest.raises(ParameterError, match=rf"^{name}=.* applies to mode='full' only"):
+    match = rf"^CompareSettings\.{name}=.* applies to mode='full' only"
+    with pytest.raises(ParameterError, match=match):
         CompareSettings(**option)
     CompareSettings(mode="full", **option)  # where they apply
 

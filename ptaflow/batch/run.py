@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from ..errors import DataError
+from ..settings import CompareSettings, FlowConfig, TrainConfig
 from .spec import JobSpec, Task, expand_tasks
 
 __all__ = [
@@ -108,9 +109,6 @@ def plan(job: JobSpec) -> tuple[Task, ...]:
 
 def task_from_dict(d: dict) -> Task:
     """Rebuild a `Task` from its `Task.describe()` form (e.g. one entry of tasks.json)."""
-    from ..compare import CompareSettings
-    from ..flows import FlowConfig, TrainConfig
-
     s = dict(d["settings"])
     s["train"] = TrainConfig(**s["train"]) if s["train"] is not None else None
     s["flow"] = FlowConfig(**s["flow"]) if s["flow"] is not None else None

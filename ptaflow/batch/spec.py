@@ -32,9 +32,9 @@ TABLE.KEY. Example (every key shown; only `models` and one `[[datasets]]` table 
     n_rn = 30
     n_gw = 14
 
-    [train]        # ptaflow.flows.TrainConfig fields, over the mode's default
+    [train]        # ptaflow.settings.TrainConfig fields, over the mode's default
     max_steps = 3000
-    [flow]         # ptaflow.flows.FlowConfig fields
+    [flow]         # ptaflow.settings.FlowConfig fields
     family = "maf"
     [evidence]     # n_flow_samples, exact ("imh"/"neutra"), n_chains, n_per_chain,
     n_chains = 20  # neutra_warmup, temperature
@@ -66,8 +66,6 @@ TABLE.KEY. Example (every key shown; only `models` and one `[[datasets]]` table 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import pathlib
 import re
 import sys
@@ -76,8 +74,18 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .. import __version__
 from ..errors import DataError, ParameterError, close_matches
+from ..identity import derived_seed, file_digest, result_key, settings_identity
+from ..settings import (
+    COMPARE_RULES,
+    FLOW_RULES,
+    TRAIN_RULES,
+    CompareSettings,
+    FlowConfig,
+    Rule,
+    TrainConfig,
+    _check,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -95,7 +103,8 @@ __all__ = [
     "expand_tasks",
 ]
 
-_TASK_FORMAT = 1
+#: Format of the task key (2: seeds from `ptaflow.identity.derived_seed`, as comparisons).
+_TASK_FORMAT = 2
 _EVIDENCE_KEYS = (
     "n_flow_samples",
     "exact",
@@ -182,19 +191,9 @@ def _check_value(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-#: Lower limits of settings that their classes (TrainConfig, CompareSettings) accept without
-#: a check, and of the executor options: (test, what is expected).
-_LIMITS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
-    "prior_draws": (lambda v: v >= 1, "an integer >= 1"),
-    "prior_ess": (lambda v: v > 0, "a number > 0"),
-    "warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
-    "temper_steps": (lambda v: v >= 0, "an integer >= 0"),
-    "checkpoint_every": (lambda v: v >= 1, "an integer >= 1"),
-    "final_lr_fraction": (lambda v: 0 <= v <= 1, "a fraction 0..1"),
-    "min_delta": (lambda v: v >= 0, "a number >= 0"),
-    "n_flow_samples": (lambda v: v >= 1, "an integer >= 1"),
-    "n_per_chain": (lambda v: v >= 1, "an integer >= 1"),
-    "neutra_warmup": (lambda v: v >= 0, "an integer >= 0"),
+#: Limits of the executor options: (test, what is expected). The settings tables ([train],
+#: [flow], [evidence]) are checked with their classes' own rules (`ptaflow.settings`).
+_EXECUTOR_LIMITS: dict[str, Rule] = {
     "num_cpus": (lambda v: v > 0, "a number > 0"),
     "gpus_per_task": (lambda v: v >= 0, "an integer >= 0"),
     "cpus_per_task": (lambda v: v >= 0, "an integer >= 0"),
@@ -321,7 +320,7 @@ class Task:
     variant: str
     replicate: int
     seed: int
-    settings: Any  # ptaflow.compare.CompareSettings (imported lazily: it pulls in JAX)
+    settings: CompareSettings
 
     @property
     def group(self) -> str:
@@ -451,28 +450,58 @@ def _check_frequencies(where: str, mode: str, pulsars, data: str | None, ints: d
         )
 
 
-def _settings_table(raw: Any, where: str, fields: Mapping[str, Any]) -> dict:
-    """A table of settings: known keys (`fields`: name -> type), values of their type."""
+def _settings_table(
+    raw: Any, where: str, fields: Mapping[str, Any], rules: Mapping[str, Rule]
+) -> dict:
+    """A table of settings: known keys (`fields`: name -> type), values of their type that
+    pass their `rules` (those of the settings class the table fills)."""
     _expect(raw, dict, where, "a table")
     _check_keys(raw, tuple(fields), where)
     for key, value in raw.items():
         _check_value(value, fields[key], f"{where}.{key}")
-        if key in _LIMITS and not _LIMITS[key][0](value):
-            raise ParameterError(f"{where}.{key} = {value!r}: expected {_LIMITS[key][1]}")
+        if key in rules:
+            _check(f"{where}.{key}", value, rules[key], sep=" = ")
     return dict(raw)
 
 
 def _config_fields() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Settings that job tables may set, with their types: [train], [flow], [evidence]."""
-    from ..compare import CompareSettings
-    from ..flows import FlowConfig, TrainConfig
-
     evidence = typing.get_type_hints(CompareSettings)
     return (
         typing.get_type_hints(TrainConfig),
         typing.get_type_hints(FlowConfig),
         {key: evidence[key] for key in _EVIDENCE_KEYS},
     )
+
+
+def _parse_variants(
+    variants_raw: Any, train_fields: dict, flow_fields: dict, evidence_fields: dict
+) -> tuple[VariantSpec, ...]:
+    """The [[variants]] tables: distinct names, each a [train]/[flow]/[evidence] override."""
+    variants = []
+    _expect(variants_raw, list, "variants", "an array of [[variants]] tables")
+    for i, v in enumerate(variants_raw):
+        where = f"[[variants]] #{i + 1}"
+        _expect(v, dict, where, "a table")
+        _check_keys(v, ("name", "train", "flow", "evidence"), where)
+        vname = _check_name(v.get("name", f"variant{i + 1}"), f"{where}.name")
+        where = f"[[variants]] {vname!r}"
+        variants.append(
+            VariantSpec(
+                name=vname,
+                train=_settings_table(
+                    v.get("train", {}), f"{where}.train", train_fields, TRAIN_RULES
+                ),
+                flow=_settings_table(v.get("flow", {}), f"{where}.flow", flow_fields, FLOW_RULES),
+                evidence=_settings_table(
+                    v.get("evidence", {}), f"{where}.evidence", evidence_fields, COMPARE_RULES
+                ),
+            )
+        )
+    vnames = [v.name for v in variants]
+    if not variants or len(set(vnames)) != len(vnames):
+        raise ParameterError(f"[[variants]] names {vnames}: expected distinct names")
+    return tuple(variants)
 
 
 def parse_job(
@@ -538,31 +567,14 @@ def parse_job(
     if len(set(names)) != len(names):
         raise ParameterError(f"[[datasets]] names repeat: {names}; expected distinct names")
     train_fields, flow_fields, evidence_fields = _config_fields()
-    train = _settings_table(raw.get("train", {}), "[train]", train_fields)
-    flow = _settings_table(raw.get("flow", {}), "[flow]", flow_fields)
-    evidence = _settings_table(raw.get("evidence", {}), "[evidence]", evidence_fields)
-    variants = []
-    variants_raw = raw.get("variants", [{"name": "default"}])
-    _expect(variants_raw, list, "variants", "an array of [[variants]] tables")
-    for i, v in enumerate(variants_raw):
-        where = f"[[variants]] #{i + 1}"
-        _expect(v, dict, where, "a table")
-        _check_keys(v, ("name", "train", "flow", "evidence"), where)
-        vname = _check_name(v.get("name", f"variant{i + 1}"), f"{where}.name")
-        where = f"[[variants]] {vname!r}"
-        variants.append(
-            VariantSpec(
-                name=vname,
-                train=_settings_table(v.get("train", {}), f"{where}.train", train_fields),
-                flow=_settings_table(v.get("flow", {}), f"{where}.flow", flow_fields),
-                evidence=_settings_table(
-                    v.get("evidence", {}), f"{where}.evidence", evidence_fields
-                ),
-            )
-        )
-    vnames = [v.name for v in variants]
-    if not variants or len(set(vnames)) != len(vnames):
-        raise ParameterError(f"[[variants]] names {vnames}: expected distinct names")
+    train = _settings_table(raw.get("train", {}), "[train]", train_fields, TRAIN_RULES)
+    flow = _settings_table(raw.get("flow", {}), "[flow]", flow_fields, FLOW_RULES)
+    evidence = _settings_table(
+        raw.get("evidence", {}), "[evidence]", evidence_fields, COMPARE_RULES
+    )
+    variants = _parse_variants(
+        raw.get("variants", [{"name": "default"}]), train_fields, flow_fields, evidence_fields
+    )
     job = JobSpec(
         name=name,
         out_dir=out_dir,
@@ -574,7 +586,7 @@ def parse_job(
         train=train,
         flow=flow,
         evidence=evidence,
-        variants=tuple(variants),
+        variants=variants,
         executor=_parse_executor(raw.get("executor", {})),
         path=str(pathlib.Path(path).resolve()) if path is not None else None,
     )
@@ -608,8 +620,10 @@ def _parse_executor(raw: Any) -> ExecutorSpec:
         raise ParameterError(f"[executor].kind = {kind!r}: expected 'local', 'ray' or 'slurm'")
     workers = _check_workers(raw.get("workers", 1), "[executor].workers = ")
     retries = _check_retries(raw.get("retries", 2), "[executor].retries = ")
-    ray = _settings_table(raw.get("ray", {}), "[executor.ray]", _RAY_FIELDS)
-    slurm = _settings_table(raw.get("slurm", {}), "[executor.slurm]", _SLURM_FIELDS)
+    ray = _settings_table(raw.get("ray", {}), "[executor.ray]", _RAY_FIELDS, _EXECUTOR_LIMITS)
+    slurm = _settings_table(
+        raw.get("slurm", {}), "[executor.slurm]", _SLURM_FIELDS, _EXECUTOR_LIMITS
+    )
     return ExecutorSpec(kind=kind, workers=workers, retries=retries, ray=ray, slurm=slurm)
 
 
@@ -618,9 +632,6 @@ def _parse_executor(raw: Any) -> ExecutorSpec:
 
 def _settings(job: JobSpec, ds: DatasetSpec, correlation: str, variant: VariantSpec, seed: int):
     """The CompareSettings of one task (validated by the dataclasses themselves)."""
-    from ..compare import CompareSettings
-    from ..flows import FlowConfig, TrainConfig
-
     where = f"data set {ds.name!r}, variant {variant.name!r}"
     base_train = TrainConfig(init="prior") if ds.mode == "refit" else TrainConfig()
     train_opts, flow_opts = {**job.train, **variant.train}, {**job.flow, **variant.flow}
@@ -651,10 +662,10 @@ def _settings(job: JobSpec, ds: DatasetSpec, correlation: str, variant: VariantS
 def _origin(message: str, job: JobSpec, variant: VariantSpec) -> str | None:
     """'TABLE.KEY = VALUE' of the job-file key that a settings class's error message names.
 
-    TrainConfig and FlowConfig messages start with 'TrainConfig.KEY=' / 'FlowConfig.KEY=',
-    CompareSettings ones with 'KEY='. None when the key was not set in the job file.
+    The settings classes' messages start with 'CLASS.KEY=' (`ptaflow.settings`). None when
+    the key was not set in the job file.
     """
-    match = re.match(r"(?:(TrainConfig|FlowConfig)\.)?(\w+)=", message)
+    match = re.match(r"(TrainConfig|FlowConfig|CompareSettings)\.(\w+)=", message)
     if match is None:
         return None
     table = {"TrainConfig": "train", "FlowConfig": "flow"}.get(match[1], "evidence")
@@ -664,11 +675,6 @@ def _origin(message: str, job: JobSpec, variant: VariantSpec) -> str | None:
     if key in getattr(job, table):
         return f"[{table}].{key} = {getattr(job, table)[key]!r}"
     return None
-
-
-def _digest(obj: Any) -> str:
-    text = json.dumps(obj, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def expand_tasks(job: JobSpec) -> tuple[Task, ...]:
@@ -683,36 +689,32 @@ def expand_tasks(job: JobSpec) -> tuple[Task, ...]:
         ModelError: a model name or file cannot be loaded.
         ParameterError: two tasks would be identical (e.g. two data sets with the same content).
     """
-    from ..compare import data_identity, settings_identity
+    # The data identity opens the reduced data and the densities (JAX), which planning a job
+    # needs but parsing and checking one does not.
+    from ..compare import data_identity
     from ..models import load_model
 
     models = {m: load_model(m) for m in job.models}
-    model_files = {
-        m: hashlib.sha256(pathlib.Path(sm.path).read_bytes()).hexdigest()
-        for m, sm in models.items()
-    }
+    model_files = {m: file_digest(sm.path) for m, sm in models.items()}
     tasks: list[Task] = []
     seen: dict[str, str] = {}
     for ds in job.datasets:
         for corr in ds.correlations:
             for variant in job.variants:
                 unseeded = _settings(job, ds, corr, variant, seed=0)
-                data_id = data_identity(unseeded)
+                data_id, settings_id = data_identity(unseeded), settings_identity(unseeded)
                 for rep in range(job.replicates):
                     for m in job.models:
-                        key = _digest(
-                            {
-                                "format": _TASK_FORMAT,
-                                "model_file": model_files[m],
-                                "model": models[m].name,
-                                "data": data_id,
-                                "settings": settings_identity(unseeded),
-                                "base_seed": job.base_seed,
-                                "replicate": rep,
-                                "version": __version__,
-                            }
-                        )[:20]
-                        seed = int(_digest(f"{job.base_seed}:{key}")[:8], 16) & 0x7FFFFFFF
+                        key = result_key(
+                            model_files[m],
+                            models[m].name,
+                            data_id,
+                            settings_id,
+                            fmt=_TASK_FORMAT,
+                            base_seed=job.base_seed,
+                            replicate=rep,
+                        )
+                        seed = derived_seed(job.base_seed, key)
                         task = Task(
                             index=len(tasks),
                             key=key,
