@@ -31,8 +31,8 @@ from ptaflow.flows import FlowConfig, TrainConfig
 MODELS = ["smbhb", "powerlaw", "sigw_gauss_2p"]
 REFERENCE = "smbhb"
 N_RN, N_GW = 5, 3
-# Flow and chains sized for CI (six parameters): a 2-layer spline flow trained on 128 draws
-# per step, 20 exact chains of 1000 (10 evaluation chains for the harmonic-mean error).
+# Flow and chains sized for CI (six parameters): a 2-layer autoregressive spline flow trained on
+# 128 draws per step, 20 exact chains of 1000 (10 evaluation chains for the harmonic-mean error).
 SETTINGS = CompareSettings(
     mode="full",
     correlation="curn",
@@ -41,7 +41,7 @@ SETTINGS = CompareSettings(
     n_gw=N_GW,
     reference=REFERENCE,
     train=TrainConfig(max_steps=800, num_samples=128, learning_rate=5e-3, patience=200),
-    flow=FlowConfig(flow_layers=2, nn_width=32),
+    flow=FlowConfig(family="maf", flow_layers=2, nn_width=32),
     n_flow_samples=10000,
     n_chains=20,
     n_per_chain=1000,

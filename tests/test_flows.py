@@ -37,7 +37,7 @@ from ptaflow.flows import (
 
 MEAN = np.array([1.0, -2.0, 0.5])
 COV = np.array([[1.0, 0.6, 0.0], [0.6, 2.0, -0.3], [0.0, -0.3, 0.25]])
-SMALL = FlowConfig(flow_layers=2, nn_width=16, knots=6)
+SMALL = FlowConfig(family="maf", flow_layers=2, nn_width=16, knots=6)
 
 
 def _gauss_log_prob(z):
@@ -82,7 +82,15 @@ def test_new_flow_is_normalised_and_consistent():
 @pytest.fixture(scope="module")
 def gauss_fit():
     before = STEP_TRACES["count"], REFINE_TRACES["count"]
-    cfg = TrainConfig(max_steps=800, num_samples=128, patience=150, temper_steps=50, min_delta=1e-3)
+    # Every refinement round runs (refine_patience=0): the trace count below covers 30 rounds.
+    cfg = TrainConfig(
+        max_steps=800,
+        num_samples=128,
+        patience=150,
+        temper_steps=50,
+        min_delta=1e-3,
+        refine_patience=0,
+    )
     flow, info = fit_variational(
         jax.random.key(3), _gauss_log_prob, 3, flow_config=SMALL, config=cfg, progress=False
     )
@@ -162,6 +170,7 @@ def test_forward_kl_refinement_recovers_what_reverse_kl_misses():
             temper_steps=0,
             refine_rounds=rounds,
             refine_learning_rate=1e-3,
+            refine_patience=0,
         )
         flow, _ = fit_variational(
             jax.random.key(5), _funnel, 2, flow_config=SMALL, config=cfg, progress=False
