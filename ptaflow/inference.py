@@ -300,7 +300,8 @@ def fit_posterior(
     Args:
         posterior: the target (`ptaflow.posterior.make_posterior` / `make_refit_posterior`).
         seed: the whole run is a deterministic function of it.
-        flow_config, train_config: see `ptaflow.flows`.
+        flow_config, train_config: see `ptaflow.settings`. The target values of the
+            importance samples are split over `train_config.devices` as the training's are.
         n_samples: importance samples drawn after training (flow and noise-only draws).
         defensive: share of them drawn from the exact noise-only component (see
             `defensive_draws`); default `DEFENSIVE_FRACTION` in full mode and 0 in refit mode
