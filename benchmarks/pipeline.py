@@ -322,7 +322,7 @@ def _model_case(args, compiles) -> dict:
         )
         rhat = None
     else:  # a checkout without phase records: its stages one by one, timed from outside
-        seed = cmp._model_seed(settings.seed, model.name)
+        seed = cmp._model_seed(settings.seed, model.name)  # that checkout's name of the seed rule
         posterior = timed("build", lambda: cmp.comparison_posterior(model, settings))
         fit = timed(
             "fit",

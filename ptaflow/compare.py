@@ -93,8 +93,6 @@ __all__ = [
 
 _RECORD_FORMAT = 1
 
-#: Former name of `ptaflow.identity.derived_seed`, still called by benchmarks/pipeline.py.
-_model_seed = derived_seed
 
 #: Refit-mode training of one- and two-parameter models: the free-spectrum likelihood is
 #: cheap and piecewise linear with plateaus, so the flow starts at the importance-weighted

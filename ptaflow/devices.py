@@ -27,6 +27,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from .errors import ParameterError
+from .settings import DEVICES_RULE, _check
 
 __all__ = ["use_cpu_cores", "check_devices", "device_mesh", "map_rows", "release_compiled_code"]
 
@@ -66,12 +67,7 @@ def use_cpu_cores(n: int | None = None) -> int:
 def check_devices(devices: int | str | None, *, what: str) -> None:
     """Raise ParameterError unless `devices` is None, "all" or a positive integer (whether the
     machine has that many is checked by `device_mesh`, where the work runs)."""
-    if devices is None or devices == "all":
-        return
-    if isinstance(devices, bool) or not isinstance(devices, (int, np.integer)) or devices < 1:
-        raise ParameterError(
-            f"{what}={devices!r}: expected None, 'all' or a positive integer number of devices"
-        )
+    _check(what, devices, DEVICES_RULE)
 
 
 def device_mesh(

@@ -69,7 +69,7 @@ def _or_none(rule: Rule) -> Rule:
 
 _POSITIVE: Rule = (lambda v: v > 0, "a number > 0")
 _NON_NEGATIVE: Rule = (lambda v: v >= 0, "a number >= 0")
-_DEVICES: Rule = (
+DEVICES_RULE: Rule = (
     lambda v: (
         v is None
         or v == "all"
@@ -121,7 +121,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "refine_patience": _at_least(0),
     "refine_target_ess": _or_none((lambda v: 0 < v <= 1, "a fraction in (0, 1]")),
     "refine_anneal_ess": _or_none((lambda v: 0 < v < 1, "a fraction in (0, 1)")),
-    "devices": _DEVICES,
+    "devices": DEVICES_RULE,
 }
 
 #: Rules of `CompareSettings`' fields, checked after the mode's defaults are filled in.
