@@ -59,6 +59,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from .devices import AXIS, device_mesh, fixed_chunks, map_rows
 from .errors import DataError, ParameterError
+from .posterior import Posterior
 from .profiling import PhaseTimes, _phase
 from .results import write_bytes_atomic
 from .settings import FlowConfig, TrainConfig  # re-exported: their home is ptaflow.settings
@@ -106,6 +107,9 @@ class FitInfo:
             for that round's target.
         refine_beta: per refinement round, the tempering beta of its target (1 unless
             `TrainConfig.refine_anneal_ess` is set).
+        surrogate: the likelihood the initialisation and the reverse-KL steps (`losses`,
+            `final_loss`) ran on when it was not the target's: "curn" for an HD target (see
+            `TrainConfig.surrogate`); None when every stage ran on the target.
     """
 
     losses: np.ndarray
@@ -120,6 +124,7 @@ class FitInfo:
     refine_ess: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     refine_khat: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     refine_beta: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    surrogate: str | None = None
 
     def to_dict(self) -> dict:
         """JSON-able summary (without the per-step arrays).
@@ -143,6 +148,7 @@ class FitInfo:
             "wall_time_s": self.wall_time_s,
             "resumed_from": self.resumed_from,
             "devices": self.devices,
+            "surrogate": self.surrogate,
         }
 
 
@@ -686,6 +692,13 @@ def fit_variational(
     config = config or TrainConfig()
     flow_config = flow_config or FlowConfig()
     t0 = time.perf_counter()
+    # The refinement pools evaluate the target as given (not replicated): the same compiled
+    # values then serve the importance samples after the fit. The initialisation and the
+    # reverse-KL steps may run on a surrogate that is cheaper to differentiate.
+    pool_target = target
+    if isinstance(target, Posterior) and config.refine_rounds:
+        target = target.surrogate(config.surrogate)
+    surrogate = None if target is pool_target else config.surrogate
     key_init, key_laplace, key_train = jax.random.split(key, 3)
     key_refine = jax.random.fold_in(key, 1)
     optimizer = _optimizer(config)
@@ -702,7 +715,9 @@ def fit_variational(
     train_settings = {
         k: v
         for k, v in dataclasses.asdict(config).items()
-        if k != "devices" and not (k in _LATER_OPTIONS and v == _LATER_OPTIONS[k])
+        if k != "devices"
+        and not (k in _LATER_OPTIONS and v == _LATER_OPTIONS[k])
+        and not (k == "surrogate" and surrogate is None)  # where it changes nothing
     }
     settings_hash = _config_hash(flow_config, train_settings, int(n_dim))
     ckpt_path = pathlib.Path(checkpoint) if checkpoint is not None else None
@@ -768,9 +783,6 @@ def fit_variational(
         refine_ess = list(header.get("refine_ess", []))
         refine_khat = list(header.get("refine_khat", []))
         refine_beta = list(header.get("refine_beta", [1.0] * len(refine_ess)))
-    # The refinement pools evaluate the target as given (not replicated): the same compiled
-    # values then serve the importance samples after the fit.
-    pool_target = target
     if sharding is not None:
         params, opt_state, best_params, target, refine_state = _place(
             (params, opt_state, best_params, target, refine_state), sharding
@@ -924,6 +936,7 @@ def fit_variational(
         refine_ess=np.asarray(refine_ess),
         refine_khat=np.asarray(refine_khat),
         refine_beta=np.asarray(refine_beta),
+        surrogate=surrogate,
     )
     if sharding is not None:  # back to the default device, as a one-device fit leaves it
         params = jax.tree.map(

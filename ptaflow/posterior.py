@@ -18,6 +18,7 @@ the map is included), so evidences computed in z space are evidences of the mode
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from collections.abc import Sequence
 
@@ -150,6 +151,16 @@ class Posterior(eqx.Module):
         """(ln L, ln pi) at many physical points, each (n_samples,), on the host."""
         log_like = eqx.filter_jit(lambda t: self.likelihood.batch(t, chunk_size))(thetas)
         return log_like, self.prior.log_prob(thetas)
+
+    def surrogate(self, kind: str) -> Posterior:
+        """A posterior that is cheaper to differentiate, for the training's reverse-KL stage
+        (`TrainConfig.surrogate`): kind "curn" turns a Hellings-Downs likelihood into the CURN
+        likelihood of the same pulsars, data, frequencies and priors (same parameters, no
+        inter-pulsar correlations). Any other posterior, or kind "none", comes back as it is."""
+        like = self.likelihood
+        if kind != "curn" or not isinstance(like, PTALikelihood) or like.orf is None:
+            return self
+        return dataclasses.replace(self, likelihood=dataclasses.replace(like, orf=None))
 
     def describe(self) -> str:
         """One line: mode, correlation, model and dimension."""

@@ -121,6 +121,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "refine_patience": _at_least(0),
     "refine_target_ess": _or_none((lambda v: 0 < v <= 1, "a fraction in (0, 1]")),
     "refine_anneal_ess": _or_none((lambda v: 0 < v < 1, "a fraction in (0, 1)")),
+    "surrogate": _one_of("curn", "none"),
     "devices": DEVICES_RULE,
 }
 
@@ -234,6 +235,13 @@ class TrainConfig:
             at beta = 1 (the flow at the start of that round) instead of the last one: one
             round of steps can leave a flow with a heavy-weight region (a pool ESS of a few
             per cent between rounds at 0.5).
+        surrogate: "curn" (default): for a Hellings-Downs posterior, run the initialisation
+            and the reverse-KL stage on the CURN likelihood of the same pulsars, data and
+            priors (`Posterior.surrogate`), whose gradient costs a fraction of HD's, and let
+            the forward-KL refinement, which needs target values only, carry the flow to the
+            HD posterior. The refinement, its stopping rules, the importance weights, the
+            diagnostics and the evidences all use the HD target. "none": every stage on the
+            target itself. Only HD posteriors with `refine_rounds` > 0 are affected.
         devices: accelerators of this machine to split each step's `num_samples` flow draws
             over (data parallelism): None (default) trains on the default device; an int n
             uses the first n of `jax.local_devices()`, "all" every one of them. n must divide
@@ -279,6 +287,7 @@ class TrainConfig:
     refine_target_ess: float | None = None
     refine_anneal_ess: float | None = None
     refine_keep_best: bool = False
+    surrogate: str = "curn"
     devices: int | str | None = None
 
     def __post_init__(self):
