@@ -26,7 +26,6 @@ switch JAX's float64 mode on; bookkeeping is done in NumPy float64 whatever JAX'
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 import types
@@ -37,18 +36,15 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import paramax
 import scipy.linalg
-from flowjax.bijections import RationalQuadraticSpline
 from flowjax.distributions import Normal, StandardNormal, Transformed
-from flowjax.flows import masked_autoregressive_flow
-from flowjax.train import fit_to_data
-from flowjax.train.losses import MaximumLikelihoodLoss
 from scipy import special
 
 from .diagnostics import importance_ess, psis, psis_khat, psis_khat_threshold
 from .errors import ParameterError
+from .flows.construction import density_flow
+from .flows.maximum_likelihood import fit_maximum_likelihood
+from .settings import FlowConfig
 
 __all__ = [
     "EvidenceResult",
@@ -339,44 +335,6 @@ def _to_standard(x: np.ndarray, shift: np.ndarray, chol: np.ndarray) -> np.ndarr
     return scipy.linalg.solve_triangular(chol, (x - shift).T, lower=True).T
 
 
-def _is_trainable(leaf) -> bool:
-    return isinstance(leaf, paramax.NonTrainable)
-
-
-@functools.lru_cache(maxsize=16)
-def _flow_static(n_dim, flow_layers, nn_width, nn_depth, knots, interval, dtype_name):
-    """Non-array part of a flow for one configuration, built once per process.
-
-    A freshly built flowjax flow carries new Python closures (parametrisation functions),
-    which JAX's jit cache keys on; reusing one static part per configuration lets every
-    later fit and evaluation reuse the compiled code instead of compiling again (~10 s
-    each on a laptop CPU).
-    """
-    flow = _new_flow(jax.random.key(0), n_dim, flow_layers, nn_width, nn_depth, knots, interval)
-    return eqx.partition(flow, eqx.is_inexact_array, is_leaf=_is_trainable)[1]
-
-
-def _new_flow(key, n_dim, flow_layers, nn_width, nn_depth, knots, interval):
-    return masked_autoregressive_flow(
-        key,
-        base_dist=StandardNormal((n_dim,)),
-        transformer=RationalQuadraticSpline(knots=knots, interval=interval),
-        flow_layers=flow_layers,
-        nn_width=nn_width,
-        nn_depth=nn_depth,
-    )
-
-
-@functools.lru_cache(maxsize=16)
-def _adam(learning_rate: float) -> optax.GradientTransformation:
-    return optax.adam(learning_rate)
-
-
-@functools.lru_cache(maxsize=1)
-def _ml_loss() -> MaximumLikelihoodLoss:
-    return MaximumLikelihoodLoss()
-
-
 @eqx.filter_jit
 def _flow_log_prob(flow, u):
     return flow.log_prob(u)
@@ -580,22 +538,25 @@ def estimate_evidence_harmonic(
         )
     shift, chol, log_jac = _standardisation(x_train, whiten)
     dtype = jnp.asarray(0.0).dtype  # float64 when the caller enabled it, else float32
-    config = (n_dim, int(flow_layers), int(nn_width), int(nn_depth), int(knots), float(interval))
-    params = eqx.filter(_new_flow(key_flow, *config), eqx.is_inexact_array, is_leaf=_is_trainable)
-    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=dtype), params)
-    flow = eqx.combine(params, _flow_static(*config, jnp.dtype(dtype).name))
+    config = FlowConfig(
+        family="maf",
+        flow_layers=int(flow_layers),
+        nn_width=int(nn_width),
+        nn_depth=int(nn_depth),
+        knots=int(knots),
+        interval=float(interval),
+    )
+    flow = density_flow(key_flow, n_dim, config, dtype)
     u_train = jnp.asarray(_to_standard(x_train, shift, chol), dtype=dtype)
-    flow, losses = fit_to_data(
+    flow, losses = fit_maximum_likelihood(
         key_fit,
         flow,
         u_train,
-        loss_fn=_ml_loss(),
-        optimizer=_adam(float(learning_rate)),
+        learning_rate=learning_rate,
         max_epochs=max_epochs,
-        max_patience=max_patience,
+        patience=max_patience,
         batch_size=batch_size,
-        val_prop=val_prop,
-        show_progress=False,
+        val_fraction=val_prop,
     )
     scale = jnp.full((n_dim,), math.sqrt(temperature), dtype=dtype)
     phi = Transformed(Normal(jnp.zeros((n_dim,), dtype=dtype), scale), flow.bijection)

@@ -47,12 +47,13 @@ from .flows import (
     TrainConfig,
     draw_with_log_q,
     fit_variational,
+    flow_to_bytes,
     target_parts,
 )
 from .noise_only import NoiseOnlyPosterior, noise_only_posterior
 from .posterior import Posterior
 from .profiling import PhaseTimes, _phase
-from .results import PosteriorResult, provenance, serialise_flow
+from .results import PosteriorResult, provenance
 from .sampling import McmcResult, importance_resample, run_neutra
 
 __all__ = [
@@ -275,7 +276,7 @@ class PosteriorFit:
             diagnostics=self.diagnostics(),
             settings=settings,
             provenance=provenance(**extra_provenance),
-            flow_bytes=serialise_flow(self.flow),
+            flow_bytes=flow_to_bytes(self.flow),
             flow_config={**dataclasses.asdict(self.flow_config), "n_dim": self.posterior.n_dim},
             latex_labels={n: labels[n] for n in self.posterior.param_names},
         )

@@ -10,7 +10,8 @@ null, which readers of numbers turn back into NaN.
 A `PosteriorResult` keeps the posterior samples of one model together with what is needed to
 trust and reuse them: ln L and ln prior at every sample, importance weights of flow samples,
 diagnostics, the run's settings, its provenance (`provenance()`: versions, device, git
-revision, time) and optionally the trained flow itself (`serialise_flow`).
+revision, time) and optionally the trained flow itself (`ptaflow.flows.flow_to_bytes`;
+read it back with `ptaflow.flows.result_flow`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ __all__ = [
     "PosteriorResult",
     "provenance",
     "file_record",
-    "serialise_flow",
     "save_posterior",
     "load_posterior",
     "json_text",
@@ -301,19 +301,6 @@ def file_record(path: str | pathlib.Path) -> dict[str, Any]:
 # --- posterior results -------------------------------------------------------------------------
 
 
-def serialise_flow(flow: Any) -> bytes:
-    """Serialise a trained flow (any equinox pytree) with `equinox.tree_serialise_leaves`.
-
-    Only the leaves are stored; `PosteriorResult.load_flow` needs a skeleton of the same
-    structure (rebuilt from `flow_config`) to read them back.
-    """
-    import equinox as eqx
-
-    buf = io.BytesIO()
-    eqx.tree_serialise_leaves(buf, flow)
-    return buf.getvalue()
-
-
 def _weighted_quantile(x: np.ndarray, q: np.ndarray, w: np.ndarray | None) -> np.ndarray:
     """Quantiles q in [0, 1] of samples x (n,) with non-negative weights w (n,) or None.
 
@@ -360,7 +347,8 @@ class PosteriorResult:
         diagnostics: JSON-able scalars (ESS, Pareto k, acceptance rate, ...).
         settings: the run's settings (flow, training, sampler options, seed).
         provenance: see `provenance()`.
-        flow_bytes: a trained flow serialised with `serialise_flow`, or None.
+        flow_bytes: a trained flow serialised with `ptaflow.flows.flow_to_bytes`, or None
+            (`ptaflow.flows.result_flow` rebuilds it).
         flow_config: what rebuilds the flow's skeleton (architecture, sizes), or None.
         latex_labels: LaTeX axis labels by parameter name, or None.
     """
@@ -416,7 +404,7 @@ class PosteriorResult:
         if self.flow_bytes is not None:
             if not isinstance(self.flow_bytes, (bytes, bytearray, memoryview)):
                 raise ParameterError(
-                    f"flow_bytes: expected bytes (see serialise_flow), got "
+                    f"flow_bytes: expected bytes (see ptaflow.flows.flow_to_bytes), got "
                     f"{type(self.flow_bytes).__name__}"
                 )
             put("flow_bytes", bytes(self.flow_bytes))
@@ -519,31 +507,6 @@ class PosteriorResult:
             log_weights=None,
             diagnostics=diagnostics,
         )
-
-    def load_flow(self, skeleton: Any) -> Any:
-        """The stored flow, read into `skeleton` (a flow of the same structure).
-
-        Raises:
-            DataError: no flow is stored, or it does not fit the skeleton.
-        """
-        import equinox as eqx
-
-        if self.flow_bytes is None:
-            raise DataError("this posterior result stores no flow (flow_bytes is None)")
-        hint = f"rebuild the skeleton from flow_config={self.flow_config}"
-        buf = io.BytesIO(self.flow_bytes)
-        try:
-            flow = eqx.tree_deserialise_leaves(buf, skeleton)
-        except (RuntimeError, ValueError, TypeError, EOFError) as exc:
-            raise DataError(
-                f"the stored flow does not fit the given skeleton ({exc}); {hint}"
-            ) from exc
-        if buf.tell() != len(self.flow_bytes):  # a skeleton with fewer leaves reads a prefix
-            raise DataError(
-                f"the stored flow does not fit the given skeleton: it read {buf.tell()} of the "
-                f"{len(self.flow_bytes)} stored bytes (fewer or smaller leaves); {hint}"
-            )
-        return flow
 
 
 _JSON_ATTRS = ("diagnostics", "settings", "provenance", "flow_config", "latex_labels")

@@ -19,7 +19,7 @@ import paramax
 import pytest
 from scipy.stats import multivariate_normal
 
-import ptaflow.flows as flows_module
+import ptaflow.flows.refine as refine_module
 from ptaflow.compare import REFIT_TRAIN_ANNEALED
 from ptaflow.errors import DataError, ParameterError
 from ptaflow.flows import (
@@ -27,11 +27,14 @@ from ptaflow.flows import (
     STEP_TRACES,
     FlowConfig,
     TrainConfig,
+    TrainState,
+    VariationalFit,
     fit_to_samples,
     fit_variational,
     laplace_approximation,
     load_flow,
     make_flow,
+    reset_coordinates,
     save_flow,
 )
 
@@ -328,12 +331,12 @@ def test_anneal_beta_keeps_the_ess_ratio():
         w = np.exp(lw - lw.max())
         return w.sum() ** 2 / (w**2).sum() / len(w)
 
-    new = flows_module._anneal_beta(log_like, log_rest, log_q, 0.1, 0.5)
+    new = refine_module.anneal_beta(log_like, log_rest, log_q, 0.1, 0.5)
     assert 0.1 < new < 1.0
     assert ess(new) == pytest.approx(0.5 * ess(0.1), rel=1e-6)  # bisection to ~1e-9 in beta
     # Enough ESS at beta = 1: straight there; a pool already below the floor: no step.
-    assert flows_module._anneal_beta(0.01 * log_like, log_rest, log_q, 0.1, 0.5) == 1.0
-    assert flows_module._anneal_beta(30 * log_like, log_rest, log_q, 0.5, 0.5) == 0.5
+    assert refine_module.anneal_beta(0.01 * log_like, log_rest, log_q, 0.1, 0.5) == 1.0
+    assert refine_module.anneal_beta(30 * log_like, log_rest, log_q, 0.5, 0.5) == 0.5
 
 
 def test_phase_times_are_recorded():
@@ -404,7 +407,7 @@ def test_run_resumed_during_refinement_equals_uninterrupted(tmp_path, monkeypatc
     class Interrupt(Exception):
         pass
 
-    real_round, calls = flows_module._refine_round, []
+    real_round, calls = refine_module.refine_round, []
 
     def stop_in_third_round(*args):
         calls.append(1)
@@ -413,10 +416,10 @@ def test_run_resumed_during_refinement_equals_uninterrupted(tmp_path, monkeypatc
         return real_round(*args)
 
     ckpt = tmp_path / "fit.ckpt"
-    monkeypatch.setattr(flows_module, "_refine_round", stop_in_third_round)
+    monkeypatch.setattr(refine_module, "refine_round", stop_in_third_round)
     with pytest.raises(Interrupt):
         fit_variational(jax.random.key(9), _gauss_log_prob, 3, checkpoint=ckpt, **kwargs)
-    monkeypatch.setattr(flows_module, "_refine_round", real_round)
+    monkeypatch.setattr(refine_module, "refine_round", real_round)
     resumed, info = fit_variational(
         jax.random.key(9), _gauss_log_prob, 3, checkpoint=ckpt, **kwargs
     )
@@ -488,7 +491,7 @@ def test_bad_configuration_is_rejected(make, match):
 
 def test_reset_coordinates_restarts_the_chosen_rows_only():
     flow = make_flow(jax.random.key(21), 3, config=SMALL, loc=MEAN, cov=COV)
-    new = flows_module.reset_coordinates(flow, [2])
+    new = reset_coordinates(flow, [2])
     old_map, new_map = (paramax.unwrap(f.bijection.bijections[-1]) for f in (flow, new))
     chol = np.linalg.cholesky(COV)
     np.testing.assert_allclose(old_map.triangular, chol, rtol=1e-12)
@@ -506,4 +509,42 @@ def test_reset_coordinates_restarts_the_chosen_rows_only():
     np.testing.assert_allclose(z_new[:, :2], z_old[:, :2], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(z_new[:, 2], y[:, 2], rtol=1e-12, atol=1e-12)
     with pytest.raises(ParameterError, match="affine map"):
-        flows_module.reset_coordinates(new.bijection.bijections[0], [0])
+        reset_coordinates(new.bijection.bijections[0], [0])
+
+
+def test_step_by_step_fit_equals_the_whole_run_and_its_state_round_trips(tmp_path):
+    """`VariationalFit` driven by hand (step / start_refinement / refine) gives the flow of
+    `fit_variational`, and its `TrainState` read back from a checkpoint equals the state."""
+    cfg = TrainConfig(
+        max_steps=30, num_samples=32, laplace_steps=50, temper_steps=10, **REFINE_SMALL
+    )
+    full, info_full = fit_variational(
+        jax.random.key(5), _gauss_log_prob, 3, flow_config=SMALL, config=cfg, progress=False
+    )
+    ckpt = tmp_path / "state.ckpt"
+    fit = VariationalFit(
+        jax.random.key(5), _gauss_log_prob, 3, flow_config=SMALL, config=cfg, checkpoint=ckpt
+    )
+    while fit.training:
+        fit.step()
+    fit.start_refinement()
+    assert fit.state.stage == "refine" and not fit.training
+    rounds = 0
+    while fit.refining:
+        ess, khat = fit.refine()
+        rounds += 1
+        assert 0.0 < ess <= 1.0 and np.isfinite(khat)
+    info = fit.info()
+    assert rounds == len(info_full.refine_ess) and info.steps == info_full.steps
+    np.testing.assert_array_equal(info.losses, info_full.losses)
+    np.testing.assert_array_equal(info.refine_ess, info_full.refine_ess)
+    for a, b in zip(_leaves(fit.flow), _leaves(full), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The checkpoint written after the last round is that state.
+    params = fit.state.params
+    back = TrainState.from_checkpoint(
+        ckpt, fit.settings_hash, params, fit.optimizer.init(params), fit.state.opt_state
+    )
+    assert back.header() == fit.state.header()
+    for a, b in zip(_leaves(back.params), _leaves(fit.state.params), strict=True):
+        np.testing.assert_array_equal(a, b)
