@@ -63,7 +63,7 @@ PRIOR_RANGES = {
 MEMORY_FACTOR = {"value": 3.0, "value_and_grad": 10.0}
 COMPILE_ALLOWANCE_S = 600.0  # wait this long for a compilation before declaring a stall
 N_CHECK = 8  # prior draws on which ln L is compared with enterprise
-#: Targets (DESIGN.md section 4): batched CURN, 10 pulsars, >= 50 x enterprise on a CPU;
+#: Targets: batched CURN, 10 pulsars, >= 50 x enterprise on a CPU;
 #: on a GPU, batched 10-pulsar CURN >= 2e6 and HD >= 3e5 evaluations per second.
 CPU_RATIO_TARGET = 50.0
 GPU_RATE_TARGET = {"curn": 2e6, "hd": 3e5}

@@ -13,6 +13,8 @@ Each name is imported from its home module on first use, so `import ptaflow` its
 (JAX and SciPy load only when a name that needs them is used) and changes nothing in the
 process: in particular it does not set OPENBLAS_NUM_THREADS (see `ptaflow.threads`).
 
+The pipeline, the layers and which module owns what: docs/design.md in the repository.
+
 `ptaflow.compare` is the function `ptaflow.compare.compare`, not the module of that name;
 import the module's other names with ``from ptaflow.compare import ...``.
 """

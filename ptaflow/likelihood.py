@@ -11,7 +11,8 @@ at once (compile with `equinox.filter_jit(like.batch)` or
 `jax.jit`). Enable float64 (`jax.config.update("jax_enable_x64",
 True)`) before building them; ln L of a PTA is ~1e5 and needs it.
 
-Gaussian-process likelihood on reduced data (DESIGN.md section 2; see `ptaflow.data.reduction`):
+Gaussian-process likelihood on reduced data (docs/design.md, section 3; see
+`ptaflow.data.reduction`):
 
     ln L = sum_a c_a + 1/2 d^T S^-1 d - 1/2 [ln det Phi + ln det S],  S = Phi^-1 + FNF,
 

@@ -1,6 +1,6 @@
 """Exact posterior samples: NUTS and flow-preconditioned NUTS (NeuTra), importance resampling.
 
-The steps that turn approximate flow samples into exact ones (DESIGN.md section 2), and the
+The steps that turn approximate flow samples into exact ones (docs/design.md, section 3), and the
 NUTS sampler behind the plain-NUTS reference runs of `ptaflow.baselines.mcmc`. Every sampler
 works on a target `log_prob: (n_dim,) -> scalar`, a pure JAX function of an unconstrained
 point z in R^n_dim (for a PTA model, ln L + ln prior + the log-Jacobian of the map to R^n, as

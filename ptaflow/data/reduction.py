@@ -1,8 +1,8 @@
 """Reduce each pulsar once to the sufficient statistics of the Fourier-GP likelihood.
 
 With white noise fixed and the timing model marginalised under a flat prior, everything the
-likelihood needs from a pulsar's n_toa TOAs is (DESIGN.md section 2; van Haasteren & Vallisneri
-2014, arXiv:1407.1838):
+likelihood needs from a pulsar's n_toa TOAs is (docs/design.md, section 3; van Haasteren &
+Vallisneri 2014, arXiv:1407.1838):
 
     FNF = F^T P F,  FNr = F^T P r,  rNr = r^T P r,
     P = N^-1 - N^-1 M (M^T N^-1 M)^-1 M^T N^-1,

@@ -10,6 +10,7 @@
 - `io`: flow files, checkpoints and the flows stored in posterior results, in one place.
 
 The settings (`FlowConfig`, `TrainConfig`) live in `ptaflow.settings` and are re-exported here.
+The stages and why they are there: docs/design.md, section 3.
 """
 
 from __future__ import annotations
