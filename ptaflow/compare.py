@@ -47,6 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 from flowjax.distributions import Transformed
 
+from .data.free_spectrum import load_free_spectrum_densities
+from .data.reduction import select_reduced
 from .devices import release_compiled_code
 from .errors import ModelError, ParameterError, PtaflowError, close_matches
 from .evidence import estimate_evidence_harmonic, estimate_evidence_importance
@@ -55,7 +57,7 @@ from .identity import derived_seed, file_digest, result_key, settings_identity
 from .inference import PosteriorFit, fit_posterior, independence_samples, neutra_samples
 from .models import PRESETS, SourceModel, load_model
 from .noise_only import NoiseOnlyPosterior
-from .posterior import Posterior, make_posterior, make_refit_posterior, select_reduced
+from .posterior import Posterior, make_posterior, make_refit_posterior
 from .profiling import PhaseTimes
 from .results import (
     json_text,
@@ -324,8 +326,6 @@ def resolve_models(models: Sequence[str] | str | None) -> tuple[str, ...]:
 def data_identity(settings: CompareSettings) -> dict:
     """What identifies the data of a comparison: densities (refit) or pulsars and inputs (full)."""
     if settings.mode == "refit":
-        from .likelihood import load_free_spectrum_densities
-
         d = load_free_spectrum_densities()
         return {"densities": d.source, "n_freq": settings.n_freq}
     reduced = select_reduced(settings.data, settings.pulsars)
@@ -875,7 +875,6 @@ def plot_comparison_bayes_factors(
 def _plots(table: Comparison, out: pathlib.Path, models: dict, log, context: str = "") -> None:
     """Bayes factors, one corner plot per finished model and the spectra overlay, from the
     posteriors saved in out/models (those of models finished in an earlier run included)."""
-    from .likelihood import load_free_spectrum_densities
     from .plots import plot_corner, plot_spectrum, spectrum_draws
 
     plot_comparison_bayes_factors(table, out / "bayes_factors.png", context=context)

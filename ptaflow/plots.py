@@ -30,7 +30,7 @@ from .results import write_bytes_atomic
 from .spectra import psd_to_log10_rho
 
 if TYPE_CHECKING:
-    from .likelihood import FreeSpectrumDensities
+    from .data.free_spectrum import FreeSpectrumDensities
 
 __all__ = [
     "DPI",

@@ -24,7 +24,8 @@ from collections.abc import Sequence
 
 import equinox as eqx
 
-from .data.reduction import ReducedPTA, load_reduced
+# The data selection's home is ptaflow.data.reduction (re-exported here).
+from .data.reduction import DEFAULT_REDUCED, ReducedPTA, select_reduced
 from .devices import map_rows
 from .errors import ParameterError
 from .likelihood import (
@@ -53,9 +54,6 @@ __all__ = [
 #: gamma ~ U(0, 7).
 RN_LOG10_A_PRIOR = Uniform(-20.0, -11.0, latex=r"\log_{10} A_\mathrm{RN}")
 RN_GAMMA_PRIOR = Uniform(0.0, 7.0, latex=r"\gamma_\mathrm{RN}")
-
-#: The shipped reduced statistics of the NG15 48-pulsar subset (K = 30 frequencies).
-DEFAULT_REDUCED = "ng15_48psr_reduced_k30.h5"
 
 
 class Posterior(eqx.Module):
@@ -196,34 +194,6 @@ def _common_prior(common: CommonProcess, common_priors) -> dict:
         f"common process {common!r} has no priors of its own; pass common_priors="
         "{name: prior} for its parameters " + str(tuple(common.param_names))
     )
-
-
-def select_reduced(
-    data: ReducedPTA | str | pathlib.Path | None = None,
-    pulsars: int | Sequence[str] | None = None,
-) -> ReducedPTA:
-    """The reduced statistics to fit: a `ReducedPTA`, an HDF5 cache path or the shipped NG15 set.
-
-    Args:
-        data: reduced statistics or a path written by `ptaflow.data.save_reduced`; default the
-            shipped NG15 48-pulsar subset.
-        pulsars: None (all), an int N (the N best by the documented ranking rule, see
-            `ptaflow.data.rank_pulsars`) or a sequence of pulsar names.
-    """
-    if data is None:
-        from ._paths import DATA_DIR
-
-        data = DATA_DIR / DEFAULT_REDUCED
-    reduced = data if isinstance(data, ReducedPTA) else load_reduced(data)
-    if pulsars is None:
-        return reduced
-    if isinstance(pulsars, int):
-        return reduced.best(pulsars)
-    if isinstance(pulsars, str):
-        raise ParameterError(
-            f"pulsars={pulsars!r}: expected an int or a list of names, e.g. [{pulsars!r}]"
-        )
-    return reduced.select(list(pulsars))
 
 
 def make_posterior(

@@ -7,8 +7,9 @@ The chain from a source model to the PTA likelihood is
 with h_c = (H0/h) / (pi f) sqrt(3/2 h^2 Omega_GW) and S = h_c^2 / (12 pi^2 f^3)
 (e.g. PTArcade `models_utils.omega2cross`; arXiv:2306.16219, Sec. 2). The module also holds
 the cosmology helpers the NANOGrav 15-yr new-physics models need (the degrees of freedom
-g_rho, g_s of Saikawa & Shirai 2020, frequency <-> temperature at horizon crossing) and the
-linear interpolation of the tabulated NG15 model spectra.
+g_rho, g_s of Saikawa & Shirai 2020, frequency <-> temperature at horizon crossing). The
+tabulated NG15 model spectra and the g_star table are read, and interpolated, by
+`ptaflow.data.tables` (re-exported here).
 
 All spectral functions are pure JAX, traceable under jit, vmap and grad. Frequencies are in
 Hz, temperatures in GeV, power spectral densities are one-sided timing-residual PSDs S(f)
@@ -17,15 +18,9 @@ in s^3. Tables are read lazily on first use and cached; nothing is read at impor
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import itertools
-import pathlib
-
 import jax.numpy as jnp
 import numpy as np
 
-from ._paths import DATA_DIR
 from .constants import (
     FYR_HZ,
     G_RHO_0,
@@ -37,7 +32,15 @@ from .constants import (
     OMEGA_V,
     T0_GEV,
 )
-from .errors import DataError, ParameterError, close_matches
+
+# The readers of tabulated spectra live in the data layer (re-exported here).
+from .data.tables import (
+    MODEL_TABLES_DIR,
+    SpectrumTable,
+    g_star_table,
+    load_spectrum_table,
+    model_table,
+)
 
 __all__ = [
     "MODEL_TABLES_DIR",
@@ -59,9 +62,6 @@ __all__ = [
     "load_spectrum_table",
     "model_table",
 ]
-
-#: Folder of the tabulated NG15 new-physics spectra and g_star.dat shipped with the repo.
-MODEL_TABLES_DIR = DATA_DIR / "ng15_model_tables"
 
 _PI = np.pi
 
@@ -194,23 +194,8 @@ def fourier_frequencies(tspan, n_freq: int):
 # --- degrees of freedom and horizon crossing ---------------------------------------------------
 
 
-@functools.cache
-def _g_star_table() -> np.ndarray:
-    """g_star.dat as an (n, 4) array: T [GeV], f [Hz], g_s, g_rho (read once)."""
-    path = MODEL_TABLES_DIR / "g_star.dat"
-    if not path.is_file():
-        raise DataError(
-            f"{path} is missing; it holds g_rho(T) and g_s(T) (Saikawa & Shirai 2020). "
-            "Restore it from the repository (data/ng15_model_tables/)."
-        )
-    table = np.loadtxt(path)
-    if table.ndim != 2 or table.shape[1] != 4:
-        raise DataError(f"{path}: expected 4 columns (T, f, g_s, g_rho), got shape {table.shape}")
-    return table
-
-
 def _g_interp(x, is_freq: bool, column: int):
-    table = _g_star_table()
+    table = g_star_table()
     xp = table[:, 1] if is_freq else table[:, 0]
     return jnp.interp(x, jnp.asarray(xp), jnp.asarray(table[:, column]))
 
@@ -262,120 +247,7 @@ def temp_at_freq(f):
     Linear interpolation of the g_star.dat (f, T) columns; NaN outside the table
     (as PTArcade `models_utils.temp_at_freq`).
     """
-    table = _g_star_table()
+    table = g_star_table()
     return jnp.interp(
         f, jnp.asarray(table[:, 1]), jnp.asarray(table[:, 0]), left=jnp.nan, right=jnp.nan
     )
-
-
-# --- tabulated spectra -------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class SpectrumTable:
-    """A spectrum tabulated on a regular grid, interpolated multilinearly in JAX.
-
-    Layout of the NG15 new-physics tables (PTArcade `fast_interpolate`): `names` are the
-    grid axes, the last one being the frequency as log10(f/Hz); axis k holds the values
-    `starts[k] + i * steps[k]`, i = 0..shape[k]-1; `values` is the tabulated quantity
-    (log10 h^2 Omega_GW for cosmic strings, log10 of the kernel integral for SIGW).
-
-    Interpolation is linear along each axis in the table's own coordinates (the same
-    arithmetic as PTArcade's `fast_interpolate.interp`), exact on grid nodes. Inputs
-    outside the grid are clamped to its edge (PTArcade does no bounds checking there).
-
-    Attributes:
-        path: file the table was read from.
-        names: axis names; the last is "f".
-        starts: first grid value of each axis, shape (n_axes,).
-        steps: grid spacing of each axis, shape (n_axes,).
-        values: tabulated values, shape (n_0, ..., n_f).
-    """
-
-    path: str
-    names: tuple[str, ...]
-    starts: np.ndarray
-    steps: np.ndarray
-    values: np.ndarray
-
-    @property
-    def param_names(self) -> tuple[str, ...]:
-        """The non-frequency axes, in table order."""
-        return self.names[:-1]
-
-    def __call__(self, f, **params):
-        """Interpolate the table at frequencies f [Hz] and the given parameter values.
-
-        Args:
-            f: frequencies [Hz] (the table axis is log10 f).
-            **params: one value per non-frequency axis, by name.
-
-        Returns:
-            The interpolated table value, broadcast over f and the parameters.
-        """
-        missing = [n for n in self.param_names if n not in params]
-        extra = [n for n in params if n not in self.param_names]
-        if missing or extra:
-            hint = close_matches(extra[0], self.param_names) if extra else ""
-            raise ParameterError(
-                f"table {self.path} has axes {self.param_names} (plus f); got "
-                f"{tuple(params)}: missing {missing}, unexpected {extra}.{hint}"
-            )
-        coords = [jnp.asarray(params[n]) for n in self.param_names] + [jnp.log10(f)]
-        coords = jnp.broadcast_arrays(*coords)
-        shape = self.values.shape
-        index, weight = [], []
-        for x, x0, dx, n in zip(coords, self.starts, self.steps, shape, strict=True):
-            t = jnp.clip((x - x0) / dx, 0.0, n - 1.0)
-            i = jnp.clip(jnp.floor(t), 0, n - 2).astype(jnp.int32)
-            index.append(i)
-            weight.append(t - i)
-        values = jnp.asarray(self.values)
-        out = 0.0
-        for corner in itertools.product((0, 1), repeat=len(shape)):
-            w = 1.0
-            for c, wk in zip(corner, weight, strict=True):
-                w = w * (wk if c else 1.0 - wk)
-            out = out + w * values[tuple(i + c for i, c in zip(index, corner, strict=True))]
-        return out
-
-
-@functools.cache
-def load_spectrum_table(path: str | pathlib.Path) -> SpectrumTable:
-    """Read an HDF5 spectrum table in the NG15 new-physics layout (cached per path).
-
-    The file holds `parameter_names` (the last one is the frequency, log10 Hz), one dataset
-    per name with (start, step) of its regular grid, and `spectrum`, the N-D array over
-    (params..., frequency).
-
-    Raises:
-        DataError: the file is missing or does not have that layout.
-    """
-    import h5py
-
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise DataError(f"spectrum table {path} not found")
-    try:
-        with h5py.File(path, "r") as h5:
-            names = tuple(h5["parameter_names"].asstr()[()])
-            grid = np.array([h5[n][()] for n in names], dtype=np.float64)
-            values = np.array(h5["spectrum"], dtype=np.float64)
-    except (KeyError, OSError) as exc:
-        raise DataError(
-            f"{path}: expected datasets 'parameter_names', one (start, step) per name and "
-            f"'spectrum' (NG15 model-table layout); reading failed: {exc}"
-        ) from exc
-    if names[-1] != "f" or grid.shape != (len(names), 2) or values.ndim != len(names):
-        raise DataError(
-            f"{path}: expected the last axis to be 'f' and one (start, step) per axis for a "
-            f"{len(names)}-D spectrum; got names {names}, spectrum shape {values.shape}"
-        )
-    if np.any(np.array(values.shape) < 2):
-        raise DataError(f"{path}: every axis needs at least 2 nodes, got {values.shape}")
-    return SpectrumTable(str(path), names, grid[:, 0].copy(), grid[:, 1].copy(), values)
-
-
-def model_table(name: str) -> SpectrumTable:
-    """A shipped NG15 model table by name, e.g. "stable_c" -> data/ng15_model_tables/stable_c.h5."""
-    return load_spectrum_table(MODEL_TABLES_DIR / f"{name}.h5")

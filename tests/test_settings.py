@@ -52,6 +52,7 @@ BAD = [
     (TrainConfig, "refine_patience", -1),
     (TrainConfig, "refine_target_ess", 1.5),
     (TrainConfig, "refine_anneal_ess", 1.0),
+    (TrainConfig, "surrogate", "hd"),
     (TrainConfig, "devices", 0),
     (CompareSettings, "mode", "fast"),
     (CompareSettings, "correlation", "dipole"),

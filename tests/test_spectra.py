@@ -136,7 +136,7 @@ def test_g_star_against_ptarcade(reference):
 
 
 def test_g_star_is_linear_in_T_between_nodes():
-    table = spectra._g_star_table()
+    table = spectra.g_star_table()
     T0, T1 = table[100, 0], table[101, 0]
     mid = float(spectra.g_rho(0.5 * (T0 + T1)))
     assert mid == pytest.approx(0.5 * (table[100, 3] + table[101, 3]), rel=1e-14)

@@ -21,12 +21,13 @@ import numpy as np
 import pytest
 
 from ptaflow.baselines.mcmc import mcmc_result, nuts_baseline
+from ptaflow.data.reduction import select_reduced
 from ptaflow.diagnostics import hellinger_noise_floor
 from ptaflow.errors import DataError, ParameterError
 from ptaflow.flows import TrainConfig
 from ptaflow.inference import fit_posterior, hellinger_table
 from ptaflow.likelihood import make_likelihood
-from ptaflow.posterior import Posterior, make_posterior, make_refit_posterior, select_reduced
+from ptaflow.posterior import Posterior, make_posterior, make_refit_posterior
 
 BINS = 20
 ORF = np.array([[1.0, -0.9], [-0.9, 1.0]])

@@ -421,13 +421,13 @@ def _parse_dataset(d: Any, i: int, base: pathlib.Path) -> DatasetSpec:
 def _check_frequencies(where: str, mode: str, pulsars, data: str | None, ints: dict) -> None:
     """The data set's frequencies against its data: the densities (refit) or reduced file."""
     if mode == "refit":
-        from ..likelihood import load_free_spectrum_densities
+        from ..data.free_spectrum import load_free_spectrum_densities
 
         densities = load_free_spectrum_densities()
         n_avail, what = int(densities.freqs.shape[0]), f"free-spectrum densities {densities.source}"
         key = "n_freq"
     else:
-        from ..posterior import select_reduced
+        from ..data.reduction import select_reduced
 
         if ints["n_gw"] > ints["n_rn"]:
             raise ParameterError(

@@ -1,4 +1,7 @@
-"""Pulsar data: readers, white noise, selection, reduction to likelihood statistics, caches."""
+"""Pulsar data: readers, white noise, selection, reduction to likelihood statistics, caches.
+
+The submodules `free_spectrum` (the densities of the refit likelihood) and `tables` (the
+tabulated spectra of source models and g_star) need JAX and are not imported here."""
 
 from .pulsars import (
     Pulsar,
@@ -14,6 +17,7 @@ from .pulsars import (
     white_noise_values,
 )
 from .reduction import (
+    DEFAULT_REDUCED,
     ReducedPTA,
     epoch_index,
     fourier_basis,
@@ -21,10 +25,13 @@ from .reduction import (
     reduce_pta,
     reduce_pulsar,
     save_reduced,
+    select_reduced,
     whiten,
 )
 
 __all__ = [
+    "DEFAULT_REDUCED",
+    "select_reduced",
     "Pulsar",
     "WhiteNoise",
     "ReducedPTA",

@@ -31,8 +31,15 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .. import __version__
+from .._paths import DATA_DIR
 from ..constants import YEAR_S
-from ..errors import CacheMismatchError, DataError, PulsarNotFoundError, close_matches
+from ..errors import (
+    CacheMismatchError,
+    DataError,
+    ParameterError,
+    PulsarNotFoundError,
+    close_matches,
+)
 from .pulsars import (
     Pulsar,
     WhiteNoise,
@@ -53,6 +60,8 @@ __all__ = [
     "reduce_pta",
     "save_reduced",
     "load_reduced",
+    "DEFAULT_REDUCED",
+    "select_reduced",
 ]
 
 #: Bump when the reduction algorithm or the cache layout changes: caches of another format
@@ -504,3 +513,33 @@ def _check_reduced(path, names, tspan: float, arrays: Mapping, provenance) -> No
         raise DataError(
             f"{path}: the provenance lacks the inputs of pulsar(s) {missing[:3]}; {rebuild}"
         )
+
+
+#: The shipped reduced statistics of the NG15 48-pulsar subset (K = 30 frequencies).
+DEFAULT_REDUCED = "ng15_48psr_reduced_k30.h5"
+
+
+def select_reduced(
+    data: ReducedPTA | str | pathlib.Path | None = None,
+    pulsars: int | Sequence[str] | None = None,
+) -> ReducedPTA:
+    """The reduced statistics to fit: a `ReducedPTA`, an HDF5 cache path or the shipped NG15 set.
+
+    Args:
+        data: reduced statistics or a path written by `ptaflow.data.save_reduced`; default the
+            shipped NG15 48-pulsar subset.
+        pulsars: None (all), an int N (the N best by the documented ranking rule, see
+            `ptaflow.data.rank_pulsars`) or a sequence of pulsar names.
+    """
+    if data is None:
+        data = DATA_DIR / DEFAULT_REDUCED
+    reduced = data if isinstance(data, ReducedPTA) else load_reduced(data)
+    if pulsars is None:
+        return reduced
+    if isinstance(pulsars, int):
+        return reduced.best(pulsars)
+    if isinstance(pulsars, str):
+        raise ParameterError(
+            f"pulsars={pulsars!r}: expected an int or a list of names, e.g. [{pulsars!r}]"
+        )
+    return reduced.select(list(pulsars))
