@@ -20,7 +20,7 @@ import pytest
 from ptaflow.baselines.mcmc import mcmc_result, nuts_baseline
 from ptaflow.diagnostics import hellinger_noise_floor
 from ptaflow.errors import ParameterError
-from ptaflow.flows import FlowConfig, TrainConfig, flow_from_bytes
+from ptaflow.flows import FlowConfig, TrainConfig, flow_from_bytes, result_flow
 from ptaflow.inference import fit_posterior, hellinger_table, neutra_samples
 from ptaflow.plots import plot_corner
 from ptaflow.posterior import make_posterior, make_refit_posterior
@@ -85,6 +85,8 @@ def test_result_round_trip_and_plots(post, fit, nuts, tmp_path):
     flow = flow_from_bytes(back.flow_bytes, back.flow_config["n_dim"], FlowConfig(**config))
     z = fit.z[:5]
     np.testing.assert_array_equal(jax.vmap(flow.log_prob)(z), jax.vmap(fit.flow.log_prob)(z))
+    stored = result_flow(back)  # the same, rebuilt from the result's own flow_config
+    np.testing.assert_array_equal(jax.vmap(stored.log_prob)(z), jax.vmap(fit.flow.log_prob)(z))
     # ln L stored with the samples equals a fresh evaluation.
     np.testing.assert_allclose(
         back.log_likelihood[:5], [post.log_likelihood(t) for t in back.samples[:5]], rtol=1e-12
