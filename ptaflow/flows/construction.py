@@ -76,21 +76,24 @@ def make_flow(
 
 
 def _new_flow(key, n_dim: int, config: FlowConfig, loc, chol) -> Transformed:
-    base = StandardNormal((n_dim,))
-    transformer = RationalQuadraticSpline(knots=config.knots, interval=config.interval)
+    # invert=False: sampling (the ELBO's direction) is one pass; log_prob is the slow one.
+    spline = _spline_flow(key, n_dim, config, invert=False)
+    return Transformed(spline.base_dist, Chain([spline.bijection, TriangularAffine(loc, chol)]))
+
+
+def _spline_flow(key, n_dim: int, config: FlowConfig, *, invert: bool) -> Transformed:
+    """The spline layers of `config` on a standard-normal base; `invert` as flowjax's."""
     # One dimension has no coupling split: a masked autoregressive layer is a plain spline there.
     build = masked_autoregressive_flow if config.family == "maf" or n_dim == 1 else coupling_flow
-    # invert=False: sampling (the ELBO's direction) is one pass; log_prob is the slow one.
-    spline = build(
+    return build(
         key,
-        base_dist=base,
-        transformer=transformer,
+        base_dist=StandardNormal((n_dim,)),
+        transformer=RationalQuadraticSpline(knots=config.knots, interval=config.interval),
         flow_layers=config.flow_layers,
         nn_width=config.nn_width,
         nn_depth=config.nn_depth,
-        invert=False,
+        invert=invert,
     )
-    return Transformed(base, Chain([spline.bijection, TriangularAffine(loc, chol)]))
 
 
 @functools.lru_cache(maxsize=32)
@@ -224,15 +227,7 @@ def density_flow(key, n_dim: int, config: FlowConfig, dtype=None) -> Transformed
 
 
 def _new_density_flow(key, n_dim: int, config: FlowConfig) -> Transformed:
-    build = masked_autoregressive_flow if config.family == "maf" or n_dim == 1 else coupling_flow
-    return build(
-        key,
-        base_dist=StandardNormal((n_dim,)),
-        transformer=RationalQuadraticSpline(knots=config.knots, interval=config.interval),
-        flow_layers=config.flow_layers,
-        nn_width=config.nn_width,
-        nn_depth=config.nn_depth,
-    )
+    return _spline_flow(key, n_dim, config, invert=True)
 
 
 @functools.lru_cache(maxsize=16)
