@@ -5,6 +5,8 @@ Each task is one model fit plus its two evidence estimates (`ptaflow.compare.eva
 and is keyed by a hash of its inputs: model file, data, settings, base seed, replicate number
 and ptaflow version. The task's seed derives from the base seed and that key, so the same job
 gives the same numbers whichever executor runs it, and a changed input gives a new task.
+The checks of single keys and values live in `ptaflow.batch.checks`, the expansion into
+tasks in `ptaflow.batch.tasks`; `Task` and `expand_tasks` are importable from here too.
 
 Every key and value is checked when the file is loaded: its type (a TOML true/false is no
 number, "300" no integer), its range, and the frequencies of each data set against its data
@@ -67,15 +69,12 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import re
 import sys
-import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from ..errors import DataError, ParameterError, close_matches
-from ..identity import derived_seed, file_digest, result_key, settings_identity
+from ..errors import DataError, ParameterError
 from ..settings import (
     COMPARE_RULES,
     FLOW_RULES,
@@ -84,8 +83,19 @@ from ..settings import (
     FlowConfig,
     Rule,
     TrainConfig,
-    _check,
 )
+from .checks import (
+    _check_keys,
+    _check_name,
+    _check_retries,
+    _check_value,
+    _check_workers,
+    _expect,
+    _one_line,
+    _safe_name,
+    _settings_table,
+)
+from .tasks import Task, _task_settings, expand_tasks
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -103,8 +113,6 @@ __all__ = [
     "expand_tasks",
 ]
 
-#: Format of the task key (2: seeds from `ptaflow.identity.derived_seed`, as comparisons).
-_TASK_FORMAT = 2
 _EVIDENCE_KEYS = (
     "n_flow_samples",
     "exact",
@@ -115,82 +123,6 @@ _EVIDENCE_KEYS = (
     "harmonic_flow",
 )
 
-
-def _check_keys(table: Mapping, allowed: Sequence[str], where: str) -> None:
-    for k in table:
-        if k not in allowed:
-            hint = close_matches(str(k), allowed)
-            raise ParameterError(
-                f"{where}: unknown key {k!r}; expected one of {', '.join(allowed)}.{hint}"
-            )
-
-
-def _expect(value: Any, kinds: type | tuple[type, ...], where: str, what: str) -> Any:
-    """value if it is of `kinds` (a TOML true/false is no number), else ParameterError."""
-    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        raise ParameterError(f"{where}: expected {what}, got {value!r}")
-    return value
-
-
-#: Job, data-set and variant names: they become file names, Slurm job names and report
-#: groups (separated by '/'), so letters, digits and '_.+-', starting with a letter or digit.
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
-
-
-def _safe_name(text: str) -> str:
-    """`text` with every run of characters a name may not hold replaced by '_'."""
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_.+-")[:64] or "job"
-
-
-def _check_name(value: Any, where: str) -> str:
-    """A job, data-set or variant name (see `_NAME`), else ParameterError naming `where`."""
-    if not isinstance(value, str) or _NAME.fullmatch(value) is None:
-        example = _safe_name(value) if isinstance(value, str) else "my-job"
-        raise ParameterError(
-            f"{where} = {value!r}: expected a name of letters, digits and '_.+-' that starts "
-            f"with a letter or digit (at most 64 characters), e.g. {example!r}"
-        )
-    return value
-
-
-def _one_line(value: str, where: str) -> str:
-    """A string without line breaks or other control characters (it goes into scripts)."""
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ParameterError(f"{where} = {value!r}: expected one line without control characters")
-    return value
-
-
-_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-
-
-def _check_value(value: Any, hint: Any, where: str) -> Any:
-    """`value` if it has the type `hint` (a settings field's annotation), else ParameterError.
-
-    An integer is a number too; true/false is neither; TOML has no null, so None is never
-    given. Strings must be single lines; `list[str]` is a list of them.
-    """
-    if typing.get_origin(hint) is list:
-        _expect(value, list, where, "a list of strings")
-        for item in value:
-            _one_line(_expect(item, str, where, "a list of strings"), where)
-        return value
-    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    kinds = [t for t in (typing.get_args(hint) if union else (hint,)) if t is not type(None)]
-    ok = any(
-        (t is bool and isinstance(value, bool))
-        or (not isinstance(value, bool) and t is float and isinstance(value, (int, float)))
-        or (not isinstance(value, bool) and t in (int, str) and isinstance(value, t))
-        for t in kinds
-    )
-    if not ok:
-        what = " or ".join(_TYPE_WORDS.get(t, getattr(t, "__name__", str(t))) for t in kinds)
-        raise ParameterError(f"{where} = {value!r}: expected {what}")
-    if isinstance(value, str):
-        _one_line(value, where)
-    return value
-
-
 #: Limits of the executor options: (test, what is expected). The settings tables ([train],
 #: [flow], [evidence]) are checked with their classes' own rules (`ptaflow.settings`).
 _EXECUTOR_LIMITS: dict[str, Rule] = {
@@ -199,22 +131,6 @@ _EXECUTOR_LIMITS: dict[str, Rule] = {
     "cpus_per_task": (lambda v: v >= 0, "an integer >= 0"),
     "max_parallel": (lambda v: v >= 0, "an integer >= 0 (0: no limit)"),
 }
-
-
-def _check_workers(value: Any, where: str) -> int | str:
-    """A number of local workers: an integer >= 1 or "gpus" (`where` names the option)."""
-    if value != "gpus" and not (
-        isinstance(value, int) and not isinstance(value, bool) and value >= 1
-    ):
-        raise ParameterError(f"{where}{value!r}: expected an integer N >= 1 or 'gpus'")
-    return value
-
-
-def _check_retries(value: Any, where: str) -> int:
-    """A number of extra attempts: an integer >= 0 (`where` names the option)."""
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-        raise ParameterError(f"{where}{value!r}: expected an integer >= 0")
-    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,48 +208,6 @@ class JobSpec:
     variants: tuple[VariantSpec, ...] = (VariantSpec(),)
     executor: ExecutorSpec = ExecutorSpec()
     path: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """One model fit + evidences: a model on one data set, correlation, variant and replicate.
-
-    Attributes:
-        index: position in the job's task list (the Slurm array index).
-        key: hash of the task's inputs (its folder name under `out_dir/tasks/`).
-        model: model name or absolute model-file path.
-        model_name: the model's name.
-        dataset: data-set name.
-        correlation: "curn"/"hd" (full mode), None (refit mode).
-        variant: settings-variant name.
-        replicate: replicate number (0 .. replicates-1).
-        seed: the task's seed (derived from the job's base seed and `key`).
-        settings: the complete `CompareSettings` the task runs with (seed included).
-    """
-
-    index: int
-    key: str
-    model: str
-    model_name: str
-    dataset: str
-    correlation: str | None
-    variant: str
-    replicate: int
-    seed: int
-    settings: CompareSettings
-
-    @property
-    def group(self) -> str:
-        """The comparison this task belongs to: data set, correlation, variant, replicate."""
-        data = self.dataset if self.correlation is None else f"{self.dataset}-{self.correlation}"
-        return f"{data}/{self.variant}/r{self.replicate}"
-
-    def describe(self) -> dict:
-        """JSON-able description (settings as a dict)."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d["settings"] = self.settings.to_dict()
-        d["group"] = self.group
-        return d
 
 
 # --- parsing -----------------------------------------------------------------------------------
@@ -450,20 +324,6 @@ def _check_frequencies(where: str, mode: str, pulsars, data: str | None, ints: d
         )
 
 
-def _settings_table(
-    raw: Any, where: str, fields: Mapping[str, Any], rules: Mapping[str, Rule]
-) -> dict:
-    """A table of settings: known keys (`fields`: name -> type), values of their type that
-    pass their `rules` (those of the settings class the table fills)."""
-    _expect(raw, dict, where, "a table")
-    _check_keys(raw, tuple(fields), where)
-    for key, value in raw.items():
-        _check_value(value, fields[key], f"{where}.{key}")
-        if key in rules:
-            _check(f"{where}.{key}", value, rules[key], sep=" = ")
-    return dict(raw)
-
-
 def _config_fields() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Settings that job tables may set, with their types: [train], [flow], [evidence]."""
     evidence = typing.get_type_hints(CompareSettings)
@@ -537,23 +397,7 @@ def parse_job(
     name = _check_name(raw.get("name", default_name), "name")
     out_dir = _expect(raw.get("out_dir", f"runs/{name}"), str, "out_dir", "a path")
     out_dir = _resolve(base, _one_line(out_dir, "out_dir"))
-    models = raw.get("models")
-    if models is None:
-        raise ParameterError("job: 'models' is missing: expected a list of model names or presets")
-    models = [models] if isinstance(models, str) else models
-    _expect(models, list, "models", "a list of model names, model-file paths or presets")
-    reference = _expect(raw.get("reference", "smbhb"), str, "reference", "a model name")
-    from ..compare import resolve_models
-
-    expanded = resolve_models(
-        [_resolve(base, m) if _is_path(_expect(m, str, "models", "strings")) else m for m in models]
-    )
-    if reference not in expanded:
-        expanded = (reference, *expanded)
-    from ..models import load_model
-
-    for m in expanded:  # unknown names and broken files fail now, not mid-batch
-        load_model(m, validate=False)
+    expanded, reference = _parse_models(raw, base)
     base_seed = _check_value(raw.get("base_seed", 0), int, "base_seed")
     replicates = _check_value(raw.get("replicates", 1), int, "replicates")
     if replicates < 1:
@@ -593,8 +437,32 @@ def parse_job(
     for ds in job.datasets:  # every settings combination must validate now, not mid-batch
         for v in job.variants:
             for corr in ds.correlations:
-                _settings(job, ds, corr, v, seed=0)
+                _task_settings(job, ds, corr, v, seed=0)
     return job
+
+
+def _parse_models(raw: Mapping[str, Any], base: pathlib.Path) -> tuple[tuple[str, ...], str]:
+    """The job's models (presets expanded, model-file paths made absolute, the reference
+    first when it was not listed) and its reference model; each model is loaded once, so
+    that unknown names and broken files fail now, not mid-batch."""
+    models = raw.get("models")
+    if models is None:
+        raise ParameterError("job: 'models' is missing: expected a list of model names or presets")
+    models = [models] if isinstance(models, str) else models
+    _expect(models, list, "models", "a list of model names, model-file paths or presets")
+    reference = _expect(raw.get("reference", "smbhb"), str, "reference", "a model name")
+    from ..compare import resolve_models
+
+    expanded = resolve_models(
+        [_resolve(base, m) if _is_path(_expect(m, str, "models", "strings")) else m for m in models]
+    )
+    if reference not in expanded:
+        expanded = (reference, *expanded)
+    from ..models import load_model
+
+    for m in expanded:
+        load_model(m, validate=False)
+    return expanded, reference
 
 
 _RAY_FIELDS = {"address": str, "num_cpus": float}
@@ -625,113 +493,3 @@ def _parse_executor(raw: Any) -> ExecutorSpec:
         raw.get("slurm", {}), "[executor.slurm]", _SLURM_FIELDS, _EXECUTOR_LIMITS
     )
     return ExecutorSpec(kind=kind, workers=workers, retries=retries, ray=ray, slurm=slurm)
-
-
-# --- expansion ---------------------------------------------------------------------------------
-
-
-def _settings(job: JobSpec, ds: DatasetSpec, correlation: str, variant: VariantSpec, seed: int):
-    """The CompareSettings of one task (validated by the dataclasses themselves)."""
-    where = f"data set {ds.name!r}, variant {variant.name!r}"
-    base_train = TrainConfig(init="prior") if ds.mode == "refit" else TrainConfig()
-    train_opts, flow_opts = {**job.train, **variant.train}, {**job.flow, **variant.flow}
-    try:
-        # Refit mode without [train] / [flow] options: the defaults by model dimension
-        # (`ptaflow.compare.refit_configs`).
-        refit = ds.mode == "refit"
-        train = None if refit and not train_opts else dataclasses.replace(base_train, **train_opts)
-        flow = None if refit and not flow_opts else FlowConfig(**flow_opts)
-        return CompareSettings(
-            mode=ds.mode,
-            correlation=correlation,
-            pulsars=ds.pulsars,
-            data=ds.data,
-            n_rn=ds.n_rn,
-            n_gw=ds.n_gw,
-            n_freq=ds.n_freq,
-            reference=job.reference,
-            seed=seed,
-            train=train,
-            flow=flow,
-            **{**job.evidence, **variant.evidence},
-        )
-    except (TypeError, ValueError) as exc:
-        raise ParameterError(f"{_origin(str(exc), job, variant) or where}: {exc}") from exc
-
-
-def _origin(message: str, job: JobSpec, variant: VariantSpec) -> str | None:
-    """'TABLE.KEY = VALUE' of the job-file key that a settings class's error message names.
-
-    The settings classes' messages start with 'CLASS.KEY=' (`ptaflow.settings`). None when
-    the key was not set in the job file.
-    """
-    match = re.match(r"(TrainConfig|FlowConfig|CompareSettings)\.(\w+)=", message)
-    if match is None:
-        return None
-    table = {"TrainConfig": "train", "FlowConfig": "flow"}.get(match[1], "evidence")
-    key = match[2]
-    if key in getattr(variant, table):
-        return f"[[variants]] {variant.name!r}.{table}.{key} = {getattr(variant, table)[key]!r}"
-    if key in getattr(job, table):
-        return f"[{table}].{key} = {getattr(job, table)[key]!r}"
-    return None
-
-
-def expand_tasks(job: JobSpec) -> tuple[Task, ...]:
-    """All tasks of a job in a fixed order (data set, correlation, variant, replicate, model).
-
-    The task key hashes the model file, the data identity (pulsars, reduced-file inputs,
-    frequencies or the densities), the complete settings apart from the seed, the base seed,
-    the replicate number and the ptaflow version; the task seed is derived from the base seed
-    and the key. Loads each full-mode data set once to identify it.
-
-    Raises:
-        ModelError: a model name or file cannot be loaded.
-        ParameterError: two tasks would be identical (e.g. two data sets with the same content).
-    """
-    # The data identity opens the reduced data and the densities (JAX), which planning a job
-    # needs but parsing and checking one does not.
-    from ..compare import data_identity
-    from ..models import load_model
-
-    models = {m: load_model(m) for m in job.models}
-    model_files = {m: file_digest(sm.path) for m, sm in models.items()}
-    tasks: list[Task] = []
-    seen: dict[str, str] = {}
-    for ds in job.datasets:
-        for corr in ds.correlations:
-            for variant in job.variants:
-                unseeded = _settings(job, ds, corr, variant, seed=0)
-                data_id, settings_id = data_identity(unseeded), settings_identity(unseeded)
-                for rep in range(job.replicates):
-                    for m in job.models:
-                        key = result_key(
-                            model_files[m],
-                            models[m].name,
-                            data_id,
-                            settings_id,
-                            fmt=_TASK_FORMAT,
-                            base_seed=job.base_seed,
-                            replicate=rep,
-                        )
-                        seed = derived_seed(job.base_seed, key)
-                        task = Task(
-                            index=len(tasks),
-                            key=key,
-                            model=m,
-                            model_name=models[m].name,
-                            dataset=ds.name,
-                            correlation=corr if ds.mode == "full" else None,
-                            variant=variant.name,
-                            replicate=rep,
-                            seed=seed,
-                            settings=dataclasses.replace(unseeded, seed=seed),
-                        )
-                        if key in seen:
-                            raise ParameterError(
-                                f"tasks {seen[key]} and {task.group}:{task.model_name} have the "
-                                "same inputs; give the data sets or variants different content"
-                            )
-                        seen[key] = f"{task.group}:{task.model_name}"
-                        tasks.append(task)
-    return tuple(tasks)
