@@ -264,6 +264,10 @@ def rhat_and_ess(samples) -> tuple[np.ndarray, np.ndarray]:
     folded = np.abs(samples - np.median(samples, axis=(0, 1)))
     rhat_bulk = split_gelman_rubin(_rank_normalise(samples))
     rhat_tail = split_gelman_rubin(_rank_normalise(folded))
+    # numpyro's effective_sample_size is the paper's estimator (Geyer's initial positive,
+    # monotone sequence). Stan and ArviZ also add the first truncated autocorrelation and cap
+    # ESS at S log10 S: on 4 x 1000 AR(1) chains numpyro's ESS is the same as theirs or up to
+    # 5% higher for rho in [-0.3, 0.9], and 10-70% higher at rho = -0.6, where the cap binds.
     ess_bulk = effective_sample_size(_split(_rank_normalise(samples)))
     return np.maximum(rhat_bulk, rhat_tail), np.asarray(ess_bulk)
 

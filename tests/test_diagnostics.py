@@ -172,6 +172,82 @@ def test_rhat_flags_a_chain_of_the_wrong_spread():
     assert rhat_and_ess(x)[0][0] > 1.05
 
 
+def _vehtari_2021(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rank-normalised split R-hat (larger of bulk and folded) and bulk ESS of Vehtari et al.
+    2021 written out: Blom scores of the average ranks over all draws, chains cut in halves
+    (odd middle draw dropped), R-hat = sqrt(var+ / W), and tau = -1 + 2 sum_t P_t with the
+    pair sums P_t = rho_2t + rho_2t+1 of Geyer's initial positive, monotone sequence; the
+    autocovariances are direct sums over lags."""
+
+    def z(a):
+        flat = a.reshape(-1, a.shape[2])
+        r = np.column_stack([stats.rankdata(col) for col in flat.T])
+        return stats.norm.ppf((r - 0.375) / (flat.shape[0] + 0.25)).reshape(a.shape)
+
+    def split(a):
+        half = a.shape[1] // 2
+        return np.concatenate([a[:, :half], a[:, a.shape[1] - half :]])
+
+    def var_plus_and_w(a):  # a: (m, n) split chains of one coordinate
+        n = a.shape[1]
+        w = a.var(axis=1, ddof=1).mean()
+        return (n - 1) / n * w + a.mean(axis=1).var(ddof=1), w
+
+    def rhat(a):
+        a = split(a)
+        return np.array([np.sqrt(np.divide(*var_plus_and_w(a[..., d]))) for d in range(a.shape[2])])
+
+    def ess(a):
+        a = split(a)
+        m, n = a.shape[:2]
+        out = []
+        for d in range(a.shape[2]):
+            c = a[..., d] - a[..., d].mean(axis=1, keepdims=True)
+            acov = np.mean([np.correlate(ci, ci, "full")[n - 1 :] / n for ci in c], axis=0)
+            var_plus, w = var_plus_and_w(a[..., d])
+            rho = 1.0 - (w - acov) / var_plus
+            rho[0] = 1.0
+            tau, bound = -1.0, np.inf
+            for t in range(0, n - 1, 2):
+                pair = rho[t] + rho[t + 1]
+                if t > 0 and pair <= 0:
+                    break
+                bound = min(bound, pair)
+                tau += 2.0 * bound
+            out.append(m * n / tau)
+        return np.array(out)
+
+    folded = np.abs(x - np.median(x, axis=(0, 1)))
+    return np.maximum(rhat(z(x)), rhat(z(folded))), ess(z(x))
+
+
+@pytest.mark.parametrize(
+    "n_chains, n_draws, rho, decimals",
+    [
+        (4, 400, (0.0, 0.5, 0.9), None),
+        (3, 251, (0.3, 0.8), None),  # odd draw count: the middle draw is left out of the halves
+        (2, 64, (0.7,), 1),  # rounded: tied draws get their average rank
+        (5, 120, (-0.4, 0.95), None),
+    ],
+)
+def test_rhat_and_ess_are_the_formulas_of_vehtari_et_al_2021(n_chains, n_draws, rho, decimals):
+    """numpyro's split_gelman_rubin and effective_sample_size on rank-normalised (and
+    folded) draws give the R-hat and ESS of the paper, to rounding."""
+    rng = np.random.default_rng(n_draws)
+    rho = np.asarray(rho)
+    x = np.empty((n_chains, n_draws, rho.size))
+    x[:, 0] = rng.normal(size=(n_chains, rho.size))
+    for t in range(1, n_draws):
+        x[:, t] = rho * x[:, t - 1] + rng.standard_t(3, size=(n_chains, rho.size))
+    x[0] += 0.3  # one chain off centre: R-hat away from 1
+    if decimals is not None:
+        x = np.round(x, decimals)
+    rhat, ess = rhat_and_ess(x)
+    rhat_ref, ess_ref = _vehtari_2021(x)
+    np.testing.assert_allclose(rhat, rhat_ref, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(ess, ess_ref, rtol=1e-12, atol=0)
+
+
 # ---------------------------------------------------------------------------------------
 # Hellinger distances
 # ---------------------------------------------------------------------------------------
