@@ -424,6 +424,7 @@ def _compare_case(args, compiles) -> dict:
             "ln_Z_harmonic_err": o.log_z_harmonic_err,
             "ln_Z_importance": o.log_z_importance,
             "ln_Z_importance_err": o.log_z_importance_err,
+            "harmonic_phi": getattr(o, "harmonic_phi", None),  # absent in older checkouts
         }
         for phase, rec in getattr(o, "phase_times", {}).items():
             r.setdefault("phases", {})[phase] = rec

@@ -359,11 +359,12 @@ def validate_model(
     """Check a model numerically on the PTA band (1e-9 .. 1e-7 Hz) at prior draws.
 
     At `n_draws` draws, called one by one: h^2 Omega_GW must have the shape of f, be finite
-    and non-negative; `psd` must give the same numbers under jax.jit and jax.vmap as in a
+    and non-negative; `psd` must give the same numbers under jax.jit of jax.vmap as in a
     Python loop, and its gradient with respect to theta must be finite. At `n_dense` draws
     (the first `n_draws` among them), evaluated under jit and vmap: h^2 Omega_GW must be
-    finite and non-negative, which catches problems on small parts of the prior. Runs in
-    float64.
+    finite and non-negative, which catches problems on small parts of the prior. The
+    vectorised checks run in one compiled function; where it fails, they rerun one by one
+    (jax.vmap, jax.jit, jax.grad) to name the one that fails. Runs in float64.
 
     Raises:
         ModelError: naming the file, the check and the parameter values where it failed
@@ -410,49 +411,90 @@ def _validate(model: SourceModel, n_draws: int, n_dense: int, seed: int) -> None
             )
         eager.append(np.asarray(model.psd(f, theta)))
     eager = np.stack(eager)
-    hint = (
-        "Write spectrum() with jax.numpy (not numpy or math) and replace Python if/else on "
-        "parameter values with jnp.where."
-    )
+    try:  # every vectorised check in one compiled function: one compilation per model
+        out, grads, h2 = _vectorised(model, f, thetas, dense)
+    except Exception:  # find which check fails, one by one, for its message
+        _vectorised_one_by_one(model, f, thetas)
+        raise
+    if not np.allclose(out, eager, rtol=1e-9, atol=0.0, equal_nan=True):
+        _vectorised_one_by_one(model, f, thetas, eager)  # names jax.vmap or jax.jit
+        _check_agrees(model, out, eager, thetas, "jax.jit")
+    _check_dense(model, f, dense, h2)
+    _check_gradients(model, grads, thetas)
+
+
+_HINT = (
+    "Write spectrum() with jax.numpy (not numpy or math) and replace Python if/else on "
+    "parameter values with jnp.where."
+)
+
+
+def _vectorised(model: SourceModel, f, thetas, dense):
+    """Under one jax.jit: psd at `thetas` (vmap), its gradients with respect to theta (vmap of
+    grad), and h^2 Omega_GW at the dense draws (vmap, in chunks of `_DENSE_CHUNK`)."""
+
+    def sum_psd(th):
+        return jnp.sum(model.psd(f, th))
+
+    @jax.jit
+    def run(thetas, chunk):
+        psd = jax.vmap(model.psd, in_axes=(None, 0))(f, thetas)
+        grads = jax.vmap(jax.grad(sum_psd))(thetas)
+        return psd, grads, jax.vmap(model.h2omega, in_axes=(None, 0))(f, chunk)
+
+    n, size = dense.shape[0], min(_DENSE_CHUNK, dense.shape[0])
+    parts = [run(thetas, dense[i : i + size]) for i in range(0, n, size)]
+    h2 = np.concatenate([np.asarray(part[2]) for part in parts])
+    return np.asarray(parts[0][0]), np.asarray(parts[0][1]), h2
+
+
+def _vectorised_one_by_one(model: SourceModel, f, thetas, eager=None) -> None:
+    """The vectorised checks separately (jax.vmap, jax.jit, jax.grad), raising `ModelError`
+    for the first that fails; with `eager`, also that vmap agrees with the direct calls."""
     batched = jax.vmap(model.psd, in_axes=(None, 0))
     for label, fn in (("jax.vmap", batched), ("jax.jit", jax.jit(batched))):
         try:
             out = np.asarray(fn(f, thetas))
         except Exception as exc:
             raise ModelError(
-                f"{where}: spectrum() fails under {label}: {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}. {hint}"
+                f"{model.path}: spectrum() fails under {label}: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}. {_HINT}"
             ) from exc
-        if not np.allclose(out, eager, rtol=1e-9, atol=0.0, equal_nan=True):
-            i = int(np.argmax(np.any(~np.isclose(out, eager, rtol=1e-9, atol=0.0), axis=1)))
-            raise ModelError(
-                f"{where}: spectrum() gives different values under {label} than when called "
-                f"directly at {_fmt_point(model, thetas[i])}. {hint}"
-            )
-    _check_dense(model, f, dense)
+        if eager is not None:
+            _check_agrees(model, out, eager, thetas, label)
     try:
-        grads = np.asarray(
-            jax.jit(jax.vmap(jax.grad(lambda th: jnp.sum(model.psd(f, th)))))(thetas)
-        )
+        jax.jit(jax.vmap(jax.grad(lambda th: jnp.sum(model.psd(f, th)))))(thetas)
     except Exception as exc:
         raise ModelError(
-            f"{where}: jax.grad of spectrum() fails: {type(exc).__name__}: {exc}. {hint}"
+            f"{model.path}: jax.grad of spectrum() fails: {type(exc).__name__}: {exc}. {_HINT}"
         ) from exc
+
+
+def _check_agrees(model: SourceModel, out, eager, thetas, label: str) -> None:
+    if not np.allclose(out, eager, rtol=1e-9, atol=0.0, equal_nan=True):
+        i = int(np.argmax(np.any(~np.isclose(out, eager, rtol=1e-9, atol=0.0), axis=1)))
+        raise ModelError(
+            f"{model.path}: spectrum() gives different values under {label} than when called "
+            f"directly at {_fmt_point(model, thetas[i])}. {_HINT}"
+        )
+
+
+def _check_gradients(model: SourceModel, grads, thetas) -> None:
     bad = ~np.isfinite(grads)
     if bad.any():
         i, j = np.argwhere(bad)[0]
         raise ModelError(
-            f"{where}: the gradient with respect to parameter {model.param_names[j]!r} is not "
-            f"finite at {_fmt_point(model, thetas[i])}. Guard singular points so both branches "
-            "of jnp.where are finite (e.g. evaluate logs and divisions at a safe argument)."
+            f"{model.path}: the gradient with respect to parameter {model.param_names[j]!r} is "
+            f"not finite at {_fmt_point(model, thetas[i])}. Guard singular points so both "
+            "branches of jnp.where are finite (e.g. evaluate logs and divisions at a safe "
+            "argument)."
         )
 
 
-def _check_dense(model: SourceModel, f, thetas) -> None:
-    """h^2 Omega_GW finite and non-negative at every draw of `thetas` (n_dense, n_dim)."""
-    h2omega = jax.jit(jax.vmap(model.h2omega, in_axes=(None, 0)))
-    n, chunk = thetas.shape[0], min(_DENSE_CHUNK, thetas.shape[0])
-    h2 = np.concatenate([np.asarray(h2omega(f, thetas[i : i + chunk])) for i in range(0, n, chunk)])
+def _check_dense(model: SourceModel, f, thetas, h2) -> None:
+    """h^2 Omega_GW (`h2`, (n_dense, n_f)) finite and non-negative at every draw of `thetas`
+    (n_dense, n_dim)."""
+    n = thetas.shape[0]
     for bad, what, hint in (
         (
             ~np.isfinite(h2),

@@ -340,14 +340,16 @@ class CompareSettings:
             default, enough for that spread to be meaningful).
         harmonic_flow: the harmonic mean's phi: "posterior" (the fitted posterior flow
             concentrated to `temperature`, evaluated on every exact chain; the chains'
-            proposals are fresh flow draws, independent of its training) or "separate" (a
-            new flow fitted to half of the chains, the other half evaluating). Default
-            "separate" in full mode; in refit mode None: by the model's dimension
-            (`refit_configs`).
+            proposals are fresh flow draws, independent of its training; where its terms have
+            Pareto khat > 0.5 a separate flow takes over, `ptaflow.compare.harmonic_evidence`)
+            or "separate" (a new flow fitted to half of the chains, the other half
+            evaluating). Default "separate" in full mode; in refit mode None: by the model's
+            dimension (`refit_configs`).
         temperature: the harmonic-mean flow's concentration T < 1 (default 0.5 for the
-            posterior flow, 0.9 for a separate one). The posterior flow is trained to cover
-            the posterior's mass (forward KL) and leaks past sharp edges of tabulated spectra:
-            at T = 0.9 it overestimated ln Z of meta_l by 0.02 nat, at T = 0.5 by < 0.01.
+            posterior flow, 0.9 for a separate one; in refit mode None: by the model's
+            dimension, `refit_configs`). The posterior flow is trained to cover the
+            posterior's mass (forward KL) and leaks past sharp edges of tabulated spectra: at
+            T = 0.9 it overestimated ln Z of meta_l by 0.02 nat, at T = 0.5 by < 0.01.
         warm_start: full mode: start each model's flow from the previous model's fit where
             the two have as many source parameters (the red-noise parameters are those of
             the same pulsars and priors): its red-noise map is kept, its source-parameter

@@ -147,7 +147,45 @@ def test_settings_and_model_lists_are_validated():
     assert train.max_steps == 0 and (harmonic, temperature) == ("posterior", 0.5)
     assert model_configs(refit, 1)[1].family == "maf"
     annealed = model_configs(refit, 3)
-    assert annealed[0].refine_anneal_ess and annealed[2:] == ("separate", 0.9)
+    assert annealed[0].refine_anneal_ess and annealed[2:] == ("posterior", 0.3)
+    chosen = model_configs(CompareSettings(harmonic_flow="separate"), 3)
+    assert chosen[2:] == ("separate", 0.9)
+
+
+def test_harmonic_evidence_replaces_a_posterior_flow_that_reaches_beyond_the_posterior():
+    """phi = the posterior flow where its harmonic-mean terms have khat <= 0.5, else a separate
+    flow; both against the analytic ln Z of a normalised Gaussian times a constant."""
+    from types import SimpleNamespace
+
+    from flowjax.bijections import Affine
+    from flowjax.distributions import StandardNormal, Transformed
+
+    n_dim, n_chains, n_per = 3, 20, 1000
+    mean, sd, log_z = np.array([0.5, -1.0, 2.0]), np.array([0.3, 1.0, 2.0]), -7.25
+    x = mean + sd * np.random.default_rng(1).standard_normal((n_chains, n_per, n_dim))
+    log_norm = (
+        -0.5 * np.sum(((x - mean) / sd) ** 2, -1) - np.sum(np.log(sd)) - 1.5 * np.log(2 * np.pi)
+    )
+    chains = SimpleNamespace(samples=x, log_prob=log_norm + log_z)
+
+    def flow(widen):
+        return Transformed(
+            StandardNormal((n_dim,)), Affine(jnp.asarray(mean), jnp.asarray(sd * widen))
+        )
+
+    exact = CMP.harmonic_evidence(
+        jax.random.key(0), chains, SimpleNamespace(flow=flow(1.0)), "posterior", 0.5
+    )
+    assert exact.diagnostics["phi"] == "posterior" and exact.diagnostics["khat"] <= 0.5
+    # A flow twice as wide as the posterior at T = 0.5 is still sqrt(2) too wide: the terms'
+    # variance is infinite (khat > 0.5), and a flow fitted to half of the chains takes over.
+    wide = CMP.harmonic_evidence(
+        jax.random.key(0), chains, SimpleNamespace(flow=flow(2.0)), "posterior", 0.5
+    )
+    assert wide.diagnostics["phi"] == "separate" and wide.diagnostics["posterior_flow_khat"] > 0.5
+    assert wide.diagnostics["temperature"] == CMP.SEPARATE_TEMPERATURE
+    for result in (exact, wide):
+        assert abs(result.log_evidence - log_z) < 3 * result.log_evidence_err
 
 
 @pytest.mark.slow
