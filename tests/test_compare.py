@@ -141,7 +141,7 @@ def test_settings_and_model_lists_are_validated():
     with pytest.raises(ParameterError, match="harmonic_flow"):
         CompareSettings(harmonic_flow="new")
     refit, full = CompareSettings(), CompareSettings(mode="full")
-    assert (full.harmonic_flow, full.temperature) == ("separate", 0.9)
+    assert (full.harmonic_flow, full.temperature) == ("posterior", 0.7)
     assert refit.train is None and full.train.max_steps > 0
     train, flow, harmonic, temperature = model_configs(refit, 2)
     assert train.max_steps == 0 and (harmonic, temperature) == ("posterior", 0.5)

@@ -103,7 +103,7 @@ def test_the_defaults_are_valid_and_full_mode_fills_in_its_own():
     refit, full = CompareSettings(), CompareSettings(mode="full")
     assert refit.train is None and refit.flow is None and refit.temperature is None
     assert (full.train, full.flow) == (TrainConfig(), FlowConfig())
-    assert (full.harmonic_flow, full.temperature) == ("separate", 0.9)
+    assert (full.harmonic_flow, full.temperature) == ("posterior", 0.7)
     assert CompareSettings(harmonic_flow="posterior").temperature == 0.5
     assert CompareSettings(mode="full", pulsars=["a", "b"]).pulsars == ("a", "b")
 
