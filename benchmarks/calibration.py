@@ -1,13 +1,14 @@
 """Are the quoted evidence errors calibrated? Refit ln Z over many seeds against quadrature.
 
 For every two-parameter refit model (default: those of the seed paper's ten), ln Z by dense
-quadrature of prior x likelihood in the unconstrained plane (`pipeline._quadrature_log_z`,
-with its own error estimate) is the truth; the comparison's two estimators (learned harmonic
-mean, importance sampling) are run with `--seeds` different seeds, each a fresh flow fit, and
-each estimate's z = (ln Z - truth) / sqrt(sigma^2 + sigma_quad^2) is recorded. If the quoted
-errors include the spread that training and sampling cause, z has unit variance: the RMS of z
-lies near 1 (for 20 seeds, 0.7-1.3 covers most draws of a calibrated estimator). Flags are
-counted too: a flag on a model whose estimates agree with the truth is a false flag.
+quadrature of prior x likelihood in the unconstrained plane (`ptaflow.quadrature`, located
+from prior draws, with its own error estimate) is the truth; the comparison's two estimators
+(learned harmonic mean, importance sampling) are run with `--seeds` different seeds, each a
+fresh flow fit, and each estimate's z = (ln Z - truth) / sqrt(sigma^2 + sigma_quad^2) is
+recorded. If the quoted errors include the spread that training and sampling cause, z has
+unit variance: the RMS of z lies near 1 (for 20 seeds, 0.7-1.3 covers most draws of a
+calibrated estimator). Flags are counted too: a flag on a model whose estimates agree with
+the truth is a false flag.
 
 Prints one JSON object per model and a summary line:
 

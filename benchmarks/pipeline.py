@@ -232,47 +232,19 @@ def _settings(args):
     return dataclasses.replace(settings, **changes)
 
 
-def _quadrature_log_z(posterior, n: int = 3201) -> tuple[float, float]:
-    """ln Z = ln int exp(log_prob(z)) dz for a 2-D posterior by the trapezoid rule in z.
-
-    A coarse grid over 1.5x the span of 10^5 prior draws in z (its edges must hold no mass
-    above e^-40 of the peak) locates the posterior; an n x n grid over the cells within e^-40
-    of the peak gives ln Z and an (n+1)/2 grid on the same box its error estimate.
-    """
+def _quadrature_log_z(posterior) -> tuple[float, float]:
+    """ln Z and its error for a posterior of up to three parameters by quadrature on a grid
+    in z (`ptaflow.quadrature`), located from 10^5 prior draws (independent of any flow)."""
     import jax
-    import jax.numpy as jnp
     import numpy as np
-    from scipy.special import logsumexp
 
-    f = jax.jit(jax.vmap(posterior.log_prob))
-
-    def grid(lo, hi, m):
-        a, b = np.linspace(lo[0], hi[0], m), np.linspace(lo[1], hi[1], m)
-        g = np.stack(np.meshgrid(a, b, indexing="ij"), -1).reshape(-1, 2)
-        v = np.concatenate(
-            [np.asarray(f(jnp.asarray(g[i : i + 65536]))) for i in range(0, len(g), 65536)]
-        )
-        v = np.where(np.isfinite(v), v, -np.inf).reshape(m, m)
-        w = np.ones(m)
-        w[[0, -1]] = 0.5
-        log_w = np.log(np.outer(w, w)) + np.log((a[1] - a[0]) * (b[1] - b[0]))
-        return float(logsumexp(v + log_w)), v, a, b
+    from ptaflow.quadrature import estimate_evidence_quadrature
 
     z = np.asarray(posterior.to_unconstrained(posterior.sample_prior(jax.random.key(0), 10**5)))
-    mid, span = 0.5 * (z.max(0) + z.min(0)), z.max(0) - z.min(0)
-    _, v, a, b = grid(mid - 1.5 * span, mid + 1.5 * span, 601)
-    keep = v > v.max() - 40
-    if keep[[0, -1]].any() or keep[:, [0, -1]].any():
-        raise RuntimeError("posterior mass at the edge of the quadrature box")
-    ia, ib = np.nonzero(keep)
-    da, db = a[1] - a[0], b[1] - b[0]
-    lo, hi = (
-        (a[ia.min()] - 2 * da, b[ib.min()] - 2 * db),
-        (a[ia.max()] + 2 * da, b[ib.max()] + 2 * db),
-    )
-    fine = grid(lo, hi, n)[0]
-    coarse = grid(lo, hi, (n + 1) // 2)[0]
-    return fine, abs(fine - coarse)
+    result = estimate_evidence_quadrature(posterior, z)
+    if result.warnings:
+        raise RuntimeError("; ".join(result.warnings))
+    return result.log_evidence, result.log_evidence_err
 
 
 def _model_case(args, compiles) -> dict:
@@ -425,6 +397,10 @@ def _compare_case(args, compiles) -> dict:
             "ln_Z_importance": o.log_z_importance,
             "ln_Z_importance_err": o.log_z_importance_err,
             "harmonic_phi": getattr(o, "harmonic_phi", None),  # absent in older checkouts
+            "ln_Z_quadrature": getattr(o, "log_z_quadrature", None),
+            "ln_Z_quadrature_err": getattr(o, "log_z_quadrature_err", None),
+            "khat": getattr(o, "khat", None),
+            "reason": o.reason,
         }
         for phase, rec in getattr(o, "phase_times", {}).items():
             r.setdefault("phases", {})[phase] = rec
@@ -433,7 +409,8 @@ def _compare_case(args, compiles) -> dict:
                 tot[k] = round(tot.get(k, 0) + v, 4)
         if args.accuracy and args.mode == "refit" and o.ok:
             post = comparison_posterior(o.name, settings)
-            if post.n_dim == 2:
+            have = r["ln_Z_quadrature"] is not None and r["ln_Z_quadrature"] == r["ln_Z_quadrature"]
+            if post.n_dim == 2 and not have:  # older checkouts compute no quadrature
                 r["ln_Z_quadrature"], r["ln_Z_quadrature_err"] = _quadrature_log_z(post)
         rows.append(r)
     ln_b = {k: [round(v[0], 4), round(v[1], 4)] for k, v in table.bayes_factors().items()}

@@ -42,6 +42,7 @@ _API: dict[str, tuple[str, ...]] = {
         "estimate_evidence_importance",
         "estimate_evidence_harmonic",
     ),
+    "ptaflow.quadrature": ("estimate_evidence_quadrature",),
     "ptaflow.compare": ("compare",),
     "ptaflow.results": ("PosteriorResult", "save_posterior", "load_posterior"),
     "ptaflow.priors": (
@@ -85,6 +86,7 @@ __all__ = [
     "EvidenceResult",
     "estimate_evidence_importance",
     "estimate_evidence_harmonic",
+    "estimate_evidence_quadrature",
     # model comparison
     "CompareSettings",
     "compare",
@@ -128,6 +130,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         Uniform,
         make_joint_prior,
     )
+    from .quadrature import estimate_evidence_quadrature
     from .results import PosteriorResult, load_posterior, save_posterior
     from .settings import CompareSettings, FlowConfig, TrainConfig
     from .threads import limit_blas_threads

@@ -33,32 +33,40 @@ is reported with its reason while the others complete.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 import math
 import pathlib
 import tempfile
-import time
-import traceback
 from collections.abc import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flowjax.distributions import Transformed
 
 from .data.free_spectrum import load_free_spectrum_densities
-from .data.reduction import select_reduced
 from .devices import release_compiled_code
-from .errors import ModelError, ParameterError, PtaflowError, close_matches
-from .evidence import EvidenceResult, estimate_evidence_harmonic, estimate_evidence_importance
-from .flows import reset_coordinates
-from .identity import derived_seed, file_digest, result_key, settings_identity
-from .inference import PosteriorFit, fit_posterior, independence_samples, neutra_samples
+from .errors import ModelError, ParameterError, close_matches
+from .evaluation import (
+    _RECORD_FORMAT,
+    REFIT_FLOW,
+    REFIT_FLOW_ANNEALED,
+    REFIT_TRAIN,
+    REFIT_TRAIN_ANNEALED,
+    SEPARATE_TEMPERATURE,
+    ModelOutcome,
+    ModelRun,
+    comparison_posterior,
+    data_identity,
+    evaluate_model,
+    harmonic_evidence,
+    model_configs,
+    model_correlation,
+    model_key,
+    refit_configs,
+    warm_start_flow,
+)
+from .identity import settings_identity
 from .models import PRESETS, SourceModel, load_model
-from .noise_only import NoiseOnlyPosterior
-from .posterior import Posterior, make_posterior, make_refit_posterior
 from .profiling import PhaseTimes
 from .results import (
     json_text,
@@ -69,7 +77,7 @@ from .results import (
     write_csv_atomic,
     write_json_atomic,
 )
-from .settings import CompareSettings, FlowConfig, TrainConfig
+from .settings import CompareSettings
 
 __all__ = [
     "CompareSettings",
@@ -90,140 +98,11 @@ __all__ = [
     "model_correlation",
     "model_configs",
     "harmonic_evidence",
+    "SEPARATE_TEMPERATURE",
     "warm_start_flow",
     "plot_comparison_bayes_factors",
     "resolve_models",
 ]
-
-_RECORD_FORMAT = 2
-
-
-#: Refit-mode training of one- and two-parameter models: the free-spectrum likelihood is
-#: cheap and piecewise linear with plateaus, so the flow starts at the importance-weighted
-#: moments of prior draws and is trained by forward-KL rounds alone (values of the target, no
-#: gradients), which stop once the pools' importance ESS stops improving. The training code
-#: then does not depend on the model and compiles once per dimension.
-REFIT_TRAIN = TrainConfig(
-    init="prior",
-    max_steps=0,
-    refine_rounds=60,
-    refine_pool=4096,
-    refine_steps=20,
-    refine_batch=256,
-    refine_learning_rate=3e-3,
-    refine_patience=5,
-    refine_target_ess=0.95,
-)
-#: Refit-mode flow of one- and two-parameter models: a small coupling flow (a coupling layer
-#: transforms half of the coordinates in one pass both ways, where a masked autoregressive
-#: flow needs n_dim passes for its density: 5x faster training steps in 2-D); one-parameter
-#: models, where coupling is undefined, get the same layers as a masked autoregressive flow.
-REFIT_FLOW = FlowConfig(family="coupling", flow_layers=4, nn_width=32)
-
-
-#: Refit-mode training from three parameters on: forward-KL rounds annealed from the tempered
-#: posterior prior x L^beta that 65536 prior draws resolve with 3000 effective draws up to
-#: beta = 1, each round raising beta as far as its pool keeps half its ESS, and the flow of the
-#: best pool at beta = 1. Each tempered posterior's mass is covered before beta rises further,
-#: so the modes of the six-parameter phase-transition models that a reverse-KL fit can drop
-#: stay in the flow; no gradients of the target are needed.
-REFIT_TRAIN_ANNEALED = dataclasses.replace(
-    REFIT_TRAIN,
-    prior_ess=3000.0,
-    refine_rounds=80,
-    refine_pool=8192,
-    refine_anneal_ess=0.5,
-    refine_keep_best=True,
-)
-#: Its flow: coupling layers, fast in both directions (the rounds draw pools and fit densities).
-REFIT_FLOW_ANNEALED = FlowConfig(family="coupling", flow_layers=6, nn_width=64)
-
-
-def refit_configs(n_dim: int) -> tuple[TrainConfig, FlowConfig, str, float]:
-    """Refit mode's default (training, flow, harmonic-mean flow, temperature) for n_dim
-    parameters.
-
-    Up to two parameters `REFIT_TRAIN` and `REFIT_FLOW` (a masked autoregressive flow in
-    1-D); from three on `REFIT_TRAIN_ANNEALED` and `REFIT_FLOW_ANNEALED`. The harmonic mean's
-    phi is the posterior flow in both cases (`harmonic_evidence`), concentrated to T = 0.5 up
-    to two parameters and T = 0.3 from three on. Measured on the three- to six-parameter NG15
-    models, two seeds each against importance sampling with 20 000 flow draws: at T = 0.3
-    12 of 14 estimates were within 2 sigma (igw's phi failed the khat check twice and a
-    separate flow takes over); at T = 0.5 five of 14 failed the khat check; a separate flow
-    fitted to half of the chains took 3-20 s per model (the posterior flow: 0.1-1.4 s) and
-    was off by 4.1 and 4.4 sigma in two of the 14.
-    """
-    if n_dim >= 3:
-        return REFIT_TRAIN_ANNEALED, REFIT_FLOW_ANNEALED, "posterior", 0.3
-    flow = REFIT_FLOW if n_dim > 1 else dataclasses.replace(REFIT_FLOW, family="maf")
-    return REFIT_TRAIN, flow, "posterior", 0.5
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelOutcome:
-    """One model's evidences, summaries and status.
-
-    Attributes:
-        name: model name.
-        status: "ok", "flagged" (the estimates disagree by > 3 combined sigma, the exact
-            chains have R-hat > 1.05, or the importance weights have khat >= 0.7) or "failed".
-        reason: why a model failed or was flagged ("" otherwise).
-        correlation: what the model was fitted with: "curn" or "hd" (full mode), "refit"
-            (refit mode: the HD free-spectrum densities); "" if it failed before that.
-        log_z_harmonic, log_z_harmonic_err: learned harmonic mean ln Z +- 1 sigma.
-        log_z_importance, log_z_importance_err: importance-sampling ln Z +- 1 sigma.
-        harmonic_phi: which flow was the harmonic mean's phi: "posterior" or "separate"
-            (`harmonic_evidence`).
-        khat, ess: importance-weight diagnostics.
-        summary: {parameter: {"median", "lower", "upper"}} 68% intervals (model parameters).
-        warnings: estimator warnings: each says why ln Z or its error may be unreliable.
-        wall_time_s: seconds for this model (fit, samples, evidences).
-        key: hash of the inputs (for resuming).
-        phase_times: {phase: {"wall_s", "compile_s", "trace_s", "compiles", counts}} of this
-            model (`ptaflow.profiling.PhaseTimes`): build, initialise, train, refine, samples,
-            evidence_importance, exact_samples, evidence_harmonic, summary.
-    """
-
-    name: str
-    status: str
-    reason: str = ""
-    correlation: str = ""
-    log_z_harmonic: float = math.nan
-    log_z_harmonic_err: float = math.nan
-    log_z_importance: float = math.nan
-    log_z_importance_err: float = math.nan
-    harmonic_phi: str = ""
-    khat: float = math.nan
-    ess: float = math.nan
-    summary: dict = dataclasses.field(default_factory=dict)
-    warnings: tuple[str, ...] = ()
-    wall_time_s: float = 0.0
-    key: str = ""
-    phase_times: dict = dataclasses.field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        """True unless the model failed."""
-        return self.status != "failed"
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["warnings"] = list(self.warnings)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelOutcome:
-        """The outcome of a `to_dict` form read back from JSON (null numbers become NaN)."""
-        d = dict(d)
-        d["warnings"] = tuple(d.get("warnings", ()))
-        for f in dataclasses.fields(cls):
-            if f.type == "float" and d.get(f.name, 0.0) is None:
-                d[f.name] = math.nan
-        d["summary"] = {
-            name: {k: math.nan if v is None else v for k, v in stats.items()}
-            for name, stats in d.get("summary", {}).items()
-        }
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,6 +150,8 @@ class Comparison:
                 "ln_Z_importance": o.log_z_importance,
                 "ln_Z_importance_err": o.log_z_importance_err,
                 "harmonic_phi": o.harmonic_phi,
+                "ln_Z_quadrature": o.log_z_quadrature,
+                "ln_Z_quadrature_err": o.log_z_quadrature_err,
                 "ln_B": bf_h[o.name][0],
                 "ln_B_err": bf_h[o.name][1],
                 "B": math.exp(bf_h[o.name][0]) if math.isfinite(bf_h[o.name][0]) else math.nan,
@@ -288,9 +169,11 @@ class Comparison:
         """The table as text; a status with * marks a model whose estimators warned (the
         warnings follow the table)."""
         full = self.settings.mode == "full"
+        quad = any(math.isfinite(o.log_z_quadrature) for o in self.outcomes)
         head = (
             f"{'model':<16s} {'ln Z (harmonic)':>18s} {'ln Z (importance)':>18s} "
-            f"{'ln B vs ' + self.reference:>18s} {'B':>10s} {'time':>7s}  "
+            + (f"{'ln Z (quadrature)':>18s} " if quad else "")
+            + f"{'ln B vs ' + self.reference:>18s} {'B':>10s} {'time':>7s}  "
             + ("corr  " if full else "")
             + "status"
         )
@@ -308,7 +191,8 @@ class Comparison:
             lines.append(
                 f"{r['model']:<16s} {pm(r['ln_Z_harmonic'], r['ln_Z_harmonic_err'])} "
                 f"{pm(r['ln_Z_importance'], r['ln_Z_importance_err'])} "
-                f"{pm(r['ln_B'], r['ln_B_err'])} {b} {r['wall_time_s']:6.1f}s  {corr}{note}"
+                + (f"{pm(r['ln_Z_quadrature'], r['ln_Z_quadrature_err'])} " if quad else "")
+                + f"{pm(r['ln_B'], r['ln_B_err'])} {b} {r['wall_time_s']:6.1f}s  {corr}{note}"
             )
             notes += [f"* {o.name}: {w}" for w in o.warnings]
         if notes:
@@ -331,367 +215,6 @@ def resolve_models(models: Sequence[str] | str | None) -> tuple[str, ...]:
     if not out:
         raise ParameterError("no models given; pass names, model-file paths or a preset")
     return tuple(out)
-
-
-def data_identity(settings: CompareSettings) -> dict:
-    """What identifies the data of a comparison: densities (refit) or pulsars and inputs (full)."""
-    if settings.mode == "refit":
-        d = load_free_spectrum_densities()
-        return {"densities": d.source, "n_freq": settings.n_freq}
-    reduced = select_reduced(settings.data, settings.pulsars)
-    return {
-        "pulsars": list(reduced.names),
-        "reduced_inputs": reduced.provenance.get("inputs"),
-        "tspan": reduced.tspan,
-        "correlation": settings.correlation,
-        "n_rn": settings.n_rn,
-        "n_gw": settings.n_gw,
-    }
-
-
-def model_key(model: SourceModel, settings: CompareSettings, data_id: dict | None = None) -> str:
-    """Hash of everything a model's result depends on: model file, data, settings, version
-    (`ptaflow.identity.result_key`).
-
-    Args:
-        model: the source model (its file's bytes enter the hash).
-        settings: the comparison settings (seed included).
-        data_id: the data identity (`data_identity(settings)`; computed when None).
-    """
-    data_id = data_identity(settings) if data_id is None else data_id
-    return result_key(
-        file_digest(model.path),
-        model.name,
-        data_id,
-        settings_identity(settings),
-        fmt=_RECORD_FORMAT,
-    )
-
-
-def _declares_correlation(model: SourceModel) -> bool:
-    """Whether the model file assigns `correlation` at its top level (the loader reports "hd"
-    for a file that does not)."""
-    tree = ast.parse(pathlib.Path(model.path).read_bytes(), filename=model.path)
-    for node in tree.body:
-        if isinstance(node, ast.Assign):
-            targets = node.targets
-        elif isinstance(node, ast.AnnAssign) and node.value is not None:
-            targets = [node.target]
-        else:
-            continue
-        if any(isinstance(t, ast.Name) and t.id == "correlation" for t in targets):
-            return True
-    return False
-
-
-def model_correlation(model: SourceModel, settings: CompareSettings) -> str:
-    """The correlation a comparison fits a model with.
-
-    Full mode: the one its model file declares (`correlation = "uncorrelated"`: "curn", a
-    common uncorrelated red process; `"hd"`: "hd", Hellings-Downs), and `settings.correlation`
-    for a file that declares none. Refit mode: "refit" (the NG15 free-spectrum densities,
-    which come from an HD analysis, whatever the file declares).
-    """
-    if settings.mode == "refit":
-        return "refit"
-    if not _declares_correlation(model):
-        return settings.correlation
-    return "curn" if model.correlation == "uncorrelated" else "hd"
-
-
-def comparison_posterior(model: str | SourceModel, settings: CompareSettings) -> Posterior:
-    """The posterior a comparison fits for one model (refit or full mode, from `settings`;
-    the correlation from `model_correlation`); baselines (nested sampling, NUTS) built on it
-    see exactly the same target."""
-    model = model if isinstance(model, SourceModel) else load_model(model)
-    if settings.mode == "refit":
-        return make_refit_posterior(model, n_freq=settings.n_freq)
-    return make_posterior(
-        settings.data,
-        model,
-        pulsars=settings.pulsars,
-        correlation=model_correlation(model, settings),
-        n_rn=settings.n_rn,
-        n_gw=settings.n_gw,
-    )
-
-
-def model_configs(
-    settings: CompareSettings, n_dim: int
-) -> tuple[TrainConfig, FlowConfig, str, float]:
-    """(training, flow, harmonic-mean flow, temperature) that a comparison uses for a model of
-    n_dim parameters: the settings' own, or where they are None (refit mode's defaults)
-    `refit_configs(n_dim)`."""
-    train, flow, harmonic, temperature = refit_configs(n_dim)
-    harmonic = settings.harmonic_flow or harmonic
-    temperature = settings.temperature or temperature
-    return settings.train or train, settings.flow or flow, harmonic, temperature
-
-
-def _summary(posterior: Posterior, theta: np.ndarray) -> dict:
-    out = {}
-    for name in posterior.common_names:
-        i = posterior.param_names.index(name)
-        lo, med, hi = np.percentile(theta[:, i], [16, 50, 84])
-        out[name] = {"median": float(med), "lower": float(lo), "upper": float(hi)}
-    return out
-
-
-def warm_start_flow(
-    previous: PosteriorFit, posterior: Posterior, flow_config: FlowConfig
-) -> Transformed | None:
-    """`previous`'s flow as the start of `posterior`'s training, or None where it cannot
-    serve: it serves when both have the same number of parameters, the same red-noise
-    parameters (names in order, the same priors) and the same flow architecture. Its
-    source-parameter coordinates restart prior-wide (`ptaflow.flows.reset_coordinates`)."""
-    prev = previous.posterior
-    n_common = len(posterior.common_names)
-    if (
-        prev.n_dim != posterior.n_dim
-        or len(prev.common_names) != n_common
-        or previous.flow_config != flow_config
-        or prev.mode != "full"
-        or posterior.mode != "full"
-    ):
-        return None
-    n_noise = posterior.n_dim - n_common
-    noise = posterior.param_names[:n_noise]
-    if prev.param_names[:n_noise] != noise:
-        return None
-
-    def noise_priors(post):
-        blocks = zip(post.prior.block_names, post.prior.priors, strict=True)
-        return [(names, repr(prior)) for names, prior in blocks if set(names) <= set(noise)]
-
-    if noise_priors(prev) != noise_priors(posterior):
-        return None
-    return reset_coordinates(previous.flow, range(n_noise, posterior.n_dim))
-
-
-#: Temperature of the separate harmonic-mean flow that takes over where the posterior flow
-#: fails as phi (`harmonic_evidence`).
-SEPARATE_TEMPERATURE = 0.9
-
-
-def harmonic_evidence(
-    key: jax.Array,
-    chains,
-    fit: PosteriorFit,
-    phi: str,
-    temperature: float,
-    *,
-    say: Callable[[str], None] | None = None,
-) -> EvidenceResult:
-    """The learned harmonic mean of a model from its exact chains.
-
-    phi = "separate": a new flow fitted to half of the chains at `temperature`. phi =
-    "posterior": the fitted posterior flow concentrated to `temperature`, evaluated on every
-    chain (the chains' proposals are fresh flow draws, independent of its training). The
-    posterior flow covers the posterior's mass (forward KL) and may reach beyond it; where its
-    terms phi / (L pi) have Pareto khat > 0.5 (infinite variance, the estimator's own check)
-    a separate flow at T = `SEPARATE_TEMPERATURE` takes over, and its result carries
-    diagnostics["posterior_flow_khat"]. diagnostics["phi"] says which flow gave the number.
-    """
-    if phi == "separate":
-        lhm = estimate_evidence_harmonic(
-            key, chains.samples, chains.log_prob, temperature=temperature
-        )
-        return dataclasses.replace(lhm, diagnostics={**lhm.diagnostics, "phi": "separate"})
-    lhm = estimate_evidence_harmonic(
-        key, chains.samples, chains.log_prob, temperature=temperature, flow=fit.flow
-    )
-    khat = float(lhm.diagnostics["khat"])
-    if khat <= 0.5:
-        return dataclasses.replace(lhm, diagnostics={**lhm.diagnostics, "phi": "posterior"})
-    if say is not None:
-        say(f"the posterior flow's harmonic-mean terms have khat {khat:.2f}: a separate flow")
-    lhm = estimate_evidence_harmonic(
-        key, chains.samples, chains.log_prob, temperature=SEPARATE_TEMPERATURE
-    )
-    return dataclasses.replace(
-        lhm, diagnostics={**lhm.diagnostics, "phi": "separate", "posterior_flow_khat": khat}
-    )
-
-
-def _status(lhm, imp, rhat: float, khat: float) -> tuple[str, str]:
-    """("ok", "") or ("flagged", why): the two ln Z estimates (`EvidenceResult`) disagree by
-    more than 3 combined sigma, the exact chains have R-hat > 1.05, or the importance weights
-    have Pareto khat >= 0.7."""
-    diff = lhm.log_evidence - imp.log_evidence
-    sigma = math.hypot(lhm.log_evidence_err, imp.log_evidence_err)
-    if not (math.isfinite(diff) and abs(diff) <= 3 * sigma):
-        return "flagged", f"estimators differ by {diff:+.3f} nat ({abs(diff) / sigma:.1f} sigma)"
-    if rhat > 1.05:
-        return "flagged", f"exact-sample chains R-hat {rhat:.3f}"
-    if not khat < 0.7:
-        return "flagged", f"importance weights unreliable (Pareto khat {khat:.2f})"
-    return "ok", ""
-
-
-def _run_model(
-    model: SourceModel,
-    settings: CompareSettings,
-    key: str,
-    say: Callable[[str], None],
-    timings: PhaseTimes,
-    noise_only: NoiseOnlyPosterior | None = None,
-    previous: PosteriorFit | None = None,
-) -> tuple[ModelOutcome, PosteriorFit]:
-    t0 = time.perf_counter()
-    seed = derived_seed(settings.seed, model.name)
-    with timings.phase("build"):
-        posterior = comparison_posterior(model, settings)
-    train_config, flow_config, harmonic_flow, temperature = model_configs(settings, posterior.n_dim)
-    init_flow = None
-    if settings.mode == "full" and settings.warm_start and previous is not None:
-        init_flow = warm_start_flow(previous, posterior, flow_config)
-        if init_flow is not None:
-            say(f"training starts from the flow of {previous.posterior.model_name}")
-    say(f"fitting a flow ({posterior.describe()})")
-    fit = fit_posterior(
-        posterior,
-        seed=seed,
-        flow_config=flow_config,
-        train_config=train_config,
-        n_samples=settings.n_flow_samples,
-        progress=True,
-        timings=timings,
-        noise_only=noise_only,
-        init_flow=init_flow,
-    )
-    # Diverged: the reverse-KL losses ended non-finite. (`final_loss`, the smoothed loss, is
-    # NaN as well for a run shorter than the smoothing window, which is no divergence.)
-    losses = np.asarray(fit.info.losses)
-    if losses.size and not np.isfinite(losses[-1]):
-        raise _ModelFailure(
-            f"the flow fit diverged: training loss {losses[-1]} at its last step "
-            f"({int(np.sum(~np.isfinite(losses)))} of {losses.size} losses not finite)"
-        )
-    if not fit.ess >= 1:
-        raise _ModelFailure(
-            f"the flow misses the posterior: importance ESS {fit.ess:.2g} of {fit.z.shape[0]}"
-        )
-    say(f"importance sampling: ESS {fit.ess:.0f} of {fit.z.shape[0]}, khat {fit.khat:.2f}")
-    with timings.phase("evidence_importance"):
-        imp = estimate_evidence_importance(fit.log_target, fit.log_q)
-    with timings.phase("exact_samples"):
-        if settings.exact == "imh":
-            say("exact samples (independence Metropolis-Hastings, flow proposals)")
-            chains = independence_samples(
-                fit, seed=seed + 1, num_chains=settings.n_chains, num_samples=settings.n_per_chain
-            )
-        else:
-            say("exact samples (NUTS in the flow's latent space)")
-            chains = neutra_samples(
-                fit,
-                seed=seed + 1,
-                num_chains=settings.n_chains,
-                num_warmup=settings.neutra_warmup,
-                num_samples=settings.n_per_chain,
-            )
-    if not np.all(np.isfinite(chains.log_prob)):
-        raise _ModelFailure("non-finite log posterior in the exact-sample chains")
-    say(f"learned harmonic mean (R-hat max {float(np.max(chains.rhat)):.3f})")
-    with timings.phase("evidence_harmonic"):
-        lhm = harmonic_evidence(
-            jax.random.key(seed + 2), chains, fit, harmonic_flow, temperature, say=say
-        )
-    with timings.phase("summary"):
-        theta = np.asarray(posterior.to_theta(jnp.asarray(chains.flat_samples)))
-        summary = _summary(posterior, theta)
-    warnings = tuple(imp.warnings) + tuple(lhm.warnings)
-    status, reason = _status(lhm, imp, float(np.max(chains.rhat)), fit.khat)
-    outcome = ModelOutcome(
-        name=model.name,
-        status=status,
-        reason=reason,
-        correlation=posterior.correlation,
-        log_z_harmonic=float(lhm.log_evidence),
-        log_z_harmonic_err=float(lhm.log_evidence_err),
-        log_z_importance=float(imp.log_evidence),
-        log_z_importance_err=float(imp.log_evidence_err),
-        harmonic_phi=str(lhm.diagnostics["phi"]),
-        khat=float(fit.khat),
-        ess=float(fit.ess),
-        summary=summary,
-        warnings=warnings,
-        wall_time_s=time.perf_counter() - t0,
-        key=key,
-        phase_times=timings.to_dict(),
-    )
-    return outcome, fit
-
-
-class _ModelFailure(PtaflowError):
-    pass
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelRun:
-    """One model's outcome, with the flow fit (None if it failed) and the failure traceback."""
-
-    outcome: ModelOutcome
-    fit: PosteriorFit | None = None
-    traceback: str = ""
-
-
-def evaluate_model(
-    model: str | SourceModel,
-    settings: CompareSettings,
-    *,
-    key: str | None = None,
-    log: Callable[[str], None] | None = None,
-    timings: PhaseTimes | None = None,
-    noise_only: NoiseOnlyPosterior | None = None,
-    previous: PosteriorFit | None = None,
-) -> ModelRun:
-    """Fit one model's posterior and estimate its evidence twice, as `compare` does per model.
-
-    A failure (unknown model, non-finite values, a divergent fit) does not raise: it comes back
-    as a "failed" outcome with its reason, and the traceback in `ModelRun.traceback`.
-
-    Args:
-        model: a model name, model-file path or `SourceModel`.
-        settings: data, mode and algorithm options; the model's seed derives from
-            `settings.seed` and the model name.
-        key: the input hash recorded in the outcome (default `model_key(model, settings)`).
-        log: progress messages (stage, diagnostics); None for silence.
-        timings: a `ptaflow.profiling.PhaseTimes` to record this model's phases in (a new
-            one when None); the outcome's `phase_times` holds them either way.
-        noise_only: full mode: the noise-only model of the same data and red-noise priors
-            from an earlier model (`ModelRun.fit.noise_only`), reused instead of recomputed
-            (see `ptaflow.inference.fit_posterior`).
-        previous: full mode: the fit of the model before this one, whose flow starts this
-            model's training where `settings.warm_start` and `warm_start_flow` allow.
-    """
-    say = log or (lambda _msg: None)
-    timings = PhaseTimes() if timings is None else timings
-    try:
-        model = model if isinstance(model, SourceModel) else load_model(model)
-    except ModelError as exc:
-        say(f"failed: {exc}")
-        return ModelRun(ModelOutcome(name=str(model), status="failed", reason=str(exc)))
-    key = key if key is not None else model_key(model, settings)
-    try:
-        outcome, fit = _run_model(model, settings, key, say, timings, noise_only, previous)
-    except (PtaflowError, FloatingPointError, ValueError, np.linalg.LinAlgError) as exc:
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        say(f"failed: {reason}")
-        outcome = ModelOutcome(
-            name=model.name,
-            status="failed",
-            reason=reason,
-            correlation=model_correlation(model, settings),
-            key=key,
-            phase_times=timings.to_dict(),
-        )
-        return ModelRun(outcome, None, traceback.format_exc())
-    say(
-        f"{outcome.status}: ln Z = {outcome.log_z_harmonic:.3f} +- "
-        f"{outcome.log_z_harmonic_err:.3f} (harmonic), {outcome.log_z_importance:.3f} +- "
-        f"{outcome.log_z_importance_err:.3f} (importance), {outcome.wall_time_s:.1f} s"
-    )
-    return ModelRun(outcome, fit)
 
 
 def _load_record(path: pathlib.Path, key: str) -> ModelOutcome | None:

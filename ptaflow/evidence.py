@@ -65,7 +65,8 @@ class EvidenceResult:
     Attributes:
         log_evidence: ln Z (natural log of the evidence).
         log_evidence_err: Standard error of ln Z (1 sigma).
-        method: "harmonic" (learned harmonic mean) or "importance" (importance sampling).
+        method: "harmonic" (learned harmonic mean), "importance" (importance sampling) or
+            "quadrature" (a grid, `ptaflow.quadrature`).
         n_samples: Number of samples the estimate averages over (for "harmonic": the
             evaluation part; the training part is in diagnostics["n_train"]).
         n_eff: Effective number of samples behind the estimate: the Kish ESS of the
@@ -85,8 +86,10 @@ class EvidenceResult:
     wall_time_s: float = 0.0
 
     def __post_init__(self):
-        if self.method not in ("harmonic", "importance"):
-            raise ParameterError(f"method must be 'harmonic' or 'importance', got {self.method!r}")
+        if self.method not in ("harmonic", "importance", "quadrature"):
+            raise ParameterError(
+                f"method must be 'harmonic', 'importance' or 'quadrature', got {self.method!r}"
+            )
         object.__setattr__(self, "diagnostics", types.MappingProxyType(dict(self.diagnostics)))
         object.__setattr__(self, "warnings", tuple(self.warnings))
 
@@ -488,126 +491,116 @@ def estimate_evidence_harmonic(
     start = time.perf_counter()
     if not temperature > 0:
         raise ParameterError(f"temperature must be positive, got {temperature}")
+    if log_target_fn is not None and (int(n_containment) != n_containment or n_containment < 1):
+        raise ParameterError(f"n_containment must be a positive integer, got {n_containment}")
     x_train, x_all, lt_all, blocks = _split(
         samples, log_target, chain_ids, n_blocks, None if flow is not None else train_fraction
     )
-    n_dim = x_all.shape[1]
-    eval_idx = np.concatenate(blocks)
-    x_eval = x_all[eval_idx]
-    lt_eval = lt_all[eval_idx]
+    x_eval = x_all[np.concatenate(blocks)]
+    lt_eval = lt_all[np.concatenate(blocks)]
     key_flow, key_fit, key_check = jax.random.split(key, 3)
     if flow is not None:
-        if not isinstance(flow, Transformed) or not isinstance(flow.base_dist, StandardNormal):
-            raise ParameterError(
-                f"flow={type(flow).__name__}: expected a flowjax Transformed flow with a "
-                "StandardNormal base (its base is what the temperature concentrates)"
-            )
-        if flow.shape != (n_dim,):
-            raise ParameterError(
-                f"flow has shape {flow.shape}; the samples have {n_dim} dimensions"
-            )
-        log_phi = np.concatenate(
-            [
-                np.asarray(
-                    _concentrated_log_prob(
-                        flow, jnp.asarray(x_eval[i : i + _LOG_PROB_CHUNK]), temperature
-                    ),
-                    dtype=np.float64,
-                )
-                for i in range(0, x_eval.shape[0], _LOG_PROB_CHUNK)
-            ]
+        log_phi, draws = _given_phi(flow, x_eval, temperature, key_check, int(n_containment))
+        n_train, extra = 0, {"flow": "given"}
+    else:
+        config = FlowConfig(
+            family="maf",
+            flow_layers=int(flow_layers),
+            nn_width=int(nn_width),
+            nn_depth=int(nn_depth),
+            knots=int(knots),
+            interval=float(interval),
         )
-
-        def given_draws():  # for the containment check: x = bijection(u), u ~ N(0, T I)
-            u = jax.random.normal(key_check, (int(n_containment), n_dim)) * math.sqrt(temperature)
-            return _vmapped(flow.bijection.transform, u)
-
-        return _harmonic_result(
-            start,
-            log_phi,
-            lt_eval,
-            blocks,
-            temperature,
-            0,
-            {"flow": "given"},
-            min_ess,
-            min_blocks,
-            given_draws,
-            log_target_fn,
-            n_containment,
-        )
-    shift, chol, log_jac = _standardisation(x_train, whiten)
-    dtype = jnp.asarray(0.0).dtype  # float64 when the caller enabled it, else float32
-    config = FlowConfig(
-        family="maf",
-        flow_layers=int(flow_layers),
-        nn_width=int(nn_width),
-        nn_depth=int(nn_depth),
-        knots=int(knots),
-        interval=float(interval),
-    )
-    flow = density_flow(key_flow, n_dim, config, dtype)
-    u_train = jnp.asarray(_to_standard(x_train, shift, chol), dtype=dtype)
-    flow, losses = fit_maximum_likelihood(
-        key_fit,
-        flow,
-        u_train,
-        learning_rate=learning_rate,
-        max_epochs=max_epochs,
-        patience=max_patience,
-        batch_size=batch_size,
-        val_fraction=val_prop,
-    )
-    scale = jnp.full((n_dim,), math.sqrt(temperature), dtype=dtype)
-    phi = Transformed(Normal(jnp.zeros((n_dim,), dtype=dtype), scale), flow.bijection)
-    log_phi = _log_prob_chunked(phi, _to_standard(x_eval, shift, chol)) - log_jac
-    fitted = {"flow_epochs": len(losses["val"]), "flow_val_loss": float(np.min(losses["val"]))}
-
-    def draws():  # for the containment check
-        u = np.asarray(_flow_sample(phi, key_check, int(n_containment)), dtype=np.float64)
-        return jnp.asarray(shift + u @ chol.T, dtype=dtype)
-
-    return _harmonic_result(
-        start,
-        log_phi,
-        lt_eval,
-        blocks,
-        temperature,
-        int(x_train.shape[0]),
-        fitted,
-        min_ess,
-        min_blocks,
-        draws,
-        log_target_fn,
-        n_containment,
-    )
-
-
-def _harmonic_result(
-    start,
-    log_phi,
-    lt_eval,
-    blocks,
-    temperature,
-    n_train,
-    extra,
-    min_ess,
-    min_blocks,
-    draws,
-    log_target_fn,
-    n_containment,
-) -> EvidenceResult:
-    """The learned-harmonic-mean estimate, its error and checks from ln phi at the evaluation
-    samples (in block order); draws() gives draws from phi for the containment check."""
-    if log_target_fn is not None and (int(n_containment) != n_containment or n_containment < 1):
-        raise ParameterError(f"n_containment must be a positive integer, got {n_containment}")
+        training = {
+            "learning_rate": learning_rate,
+            "max_epochs": max_epochs,
+            "patience": max_patience,
+            "batch_size": batch_size,
+            "val_fraction": val_prop,
+        }
+        log_phi, draws, extra = _fitted_phi(
+            (key_flow, key_fit, key_check), x_train, x_eval, temperature, whiten, config,
+            training, int(n_containment),
+        )  # fmt: skip
+        n_train = int(x_train.shape[0])
     log_ratio = log_phi - lt_eval
     if not np.all(np.isfinite(log_ratio)):
         raise ParameterError(
             "the flow density is not finite at some evaluation samples; "
             "check the samples for extreme outliers"
         )
+    diagnostics, warnings = _harmonic_checks(log_ratio, blocks, min_ess, min_blocks)
+    if log_target_fn is not None:
+        _containment(diagnostics, warnings, lt_eval, draws(), log_target_fn, n_containment)
+    return EvidenceResult(
+        log_evidence=-diagnostics["log_inverse_evidence"],
+        log_evidence_err=diagnostics.pop("log_evidence_err"),
+        method="harmonic",
+        n_samples=int(diagnostics["n_eval"]),
+        n_eff=diagnostics.pop("ess"),
+        diagnostics={"temperature": float(temperature), "n_train": n_train, **diagnostics, **extra},
+        warnings=tuple(warnings),
+        wall_time_s=time.perf_counter() - start,
+    )
 
+
+def _given_phi(flow, x_eval: np.ndarray, temperature: float, key, n_containment: int):
+    """ln phi at the evaluation samples for a given flow concentrated to `temperature`, and a
+    function drawing `n_containment` points from phi (x = bijection(u), u ~ N(0, T I))."""
+    n_dim = x_eval.shape[1]
+    if not isinstance(flow, Transformed) or not isinstance(flow.base_dist, StandardNormal):
+        raise ParameterError(
+            f"flow={type(flow).__name__}: expected a flowjax Transformed flow with a "
+            "StandardNormal base (its base is what the temperature concentrates)"
+        )
+    if flow.shape != (n_dim,):
+        raise ParameterError(f"flow has shape {flow.shape}; the samples have {n_dim} dimensions")
+    log_phi = np.concatenate(
+        [
+            np.asarray(
+                _concentrated_log_prob(
+                    flow, jnp.asarray(x_eval[i : i + _LOG_PROB_CHUNK]), temperature
+                ),
+                dtype=np.float64,
+            )
+            for i in range(0, x_eval.shape[0], _LOG_PROB_CHUNK)
+        ]
+    )
+
+    def draws():
+        u = jax.random.normal(key, (n_containment, n_dim)) * math.sqrt(temperature)
+        return _vmapped(flow.bijection.transform, u)
+
+    return log_phi, draws
+
+
+def _fitted_phi(keys, x_train, x_eval, temperature, whiten, config, training, n_containment):
+    """ln phi at the evaluation samples for a flow of `config` fitted by maximum likelihood
+    (`training` options) to the standardised training part and concentrated to
+    `temperature`; a function drawing `n_containment` points from phi; the fit's numbers."""
+    key_flow, key_fit, key_check = keys
+    n_dim = x_eval.shape[1]
+    shift, chol, log_jac = _standardisation(x_train, whiten)
+    dtype = jnp.asarray(0.0).dtype  # float64 when the caller enabled it, else float32
+    flow = density_flow(key_flow, n_dim, config, dtype)
+    u_train = jnp.asarray(_to_standard(x_train, shift, chol), dtype=dtype)
+    flow, losses = fit_maximum_likelihood(key_fit, flow, u_train, **training)
+    scale = jnp.full((n_dim,), math.sqrt(temperature), dtype=dtype)
+    phi = Transformed(Normal(jnp.zeros((n_dim,), dtype=dtype), scale), flow.bijection)
+    log_phi = _log_prob_chunked(phi, _to_standard(x_eval, shift, chol)) - log_jac
+    fitted = {"flow_epochs": len(losses["val"]), "flow_val_loss": float(np.min(losses["val"]))}
+
+    def draws():
+        u = np.asarray(_flow_sample(phi, key_check, n_containment), dtype=np.float64)
+        return jnp.asarray(shift + u @ chol.T, dtype=dtype)
+
+    return log_phi, draws, fitted
+
+
+def _harmonic_checks(log_ratio: np.ndarray, blocks, min_ess: float, min_blocks: float):
+    """The estimate from ln r = ln phi - ln(L pi) at the evaluation samples (in block order),
+    its error from the blocks' spread, and the checks on the terms: (diagnostics, warnings).
+    diagnostics carries "log_evidence_err" and "ess" for the result's own fields."""
     sizes = np.array([b.size for b in blocks], dtype=np.float64)
     n_eval = int(sizes.sum())
     bounds = np.concatenate([[0], np.cumsum(sizes).astype(int)])
@@ -621,14 +614,11 @@ def _harmonic_result(
     n_eff_blocks = float(n_eval**2 / np.sum(sizes**2))
     weights = sizes / n_eval
     rel_var = float(np.sum(weights * np.expm1(log_rho_j - log_rho) ** 2) / (n_eff_blocks - 1))
-    err = math.sqrt(rel_var)
 
     khat = psis_khat(log_ratio)
     ess = importance_ess(log_ratio)
     upper_spread = float(np.max(log_ratio) - np.median(log_ratio))
     diagnostics: dict[str, Any] = {
-        "temperature": float(temperature),
-        "n_train": int(n_train),
         "n_eval": n_eval,
         "n_blocks": len(blocks),
         "n_eff_blocks": n_eff_blocks,
@@ -639,7 +629,8 @@ def _harmonic_result(
         "log_ratio_max": float(np.max(log_ratio)),
         "log_ratio_range": float(np.ptp(log_ratio)),
         "log_ratio_upper_spread": upper_spread,
-        **extra,
+        "log_evidence_err": math.sqrt(rel_var),
+        "ess": ess,
     }
     warnings: list[str] = []
     if n_eff_blocks < min_blocks:
@@ -666,29 +657,25 @@ def _harmonic_result(
             f"than the number of evaluation samples ({n_eval}): one sample dominates the "
             "estimate; the flow is not contained in the posterior"
         )
-    if log_target_fn is not None:
-        lt_draws = np.asarray(_vmapped(log_target_fn, draws()), dtype=np.float64)
-        lt_draws = np.where(np.isnan(lt_draws), -np.inf, lt_draws)
-        level = float(np.quantile(lt_eval, _CONTAINMENT_QUANTILE))
-        fraction = float(np.mean(lt_draws < level))
-        q = _CONTAINMENT_QUANTILE
-        limit = q + 3.0 * math.sqrt(q * (1 - q) * (1.0 / n_containment + 1.0 / n_eval))
-        diagnostics["containment_fraction"] = fraction
-        diagnostics["containment_limit"] = limit
-        if fraction > limit:
-            warnings.append(
-                f"the concentrated flow is not contained in the posterior: {fraction:.1%} of "
-                f"its draws fall below the posterior's {q:.0%} ln(L pi) quantile (allowed "
-                f"{limit:.1%}); lower the temperature or refit the flow"
-            )
+    return diagnostics, warnings
 
-    return EvidenceResult(
-        log_evidence=-log_rho,
-        log_evidence_err=err,
-        method="harmonic",
-        n_samples=n_eval,
-        n_eff=ess,
-        diagnostics=diagnostics,
-        warnings=tuple(warnings),
-        wall_time_s=time.perf_counter() - start,
-    )
+
+def _containment(diagnostics, warnings, lt_eval, draws, log_target_fn, n_containment) -> None:
+    """Containment check (adds to `diagnostics` and `warnings`): the draws from phi must not
+    fall below the evaluation samples' `_CONTAINMENT_QUANTILE` log_target quantile more often
+    than that fraction, beyond a 3-sigma binomial allowance."""
+    lt_draws = np.asarray(_vmapped(log_target_fn, draws), dtype=np.float64)
+    lt_draws = np.where(np.isnan(lt_draws), -np.inf, lt_draws)
+    level = float(np.quantile(lt_eval, _CONTAINMENT_QUANTILE))
+    fraction = float(np.mean(lt_draws < level))
+    q = _CONTAINMENT_QUANTILE
+    n_eval = lt_eval.shape[0]
+    limit = q + 3.0 * math.sqrt(q * (1 - q) * (1.0 / n_containment + 1.0 / n_eval))
+    diagnostics["containment_fraction"] = fraction
+    diagnostics["containment_limit"] = limit
+    if fraction > limit:
+        warnings.append(
+            f"the concentrated flow is not contained in the posterior: {fraction:.1%} of "
+            f"its draws fall below the posterior's {q:.0%} ln(L pi) quantile (allowed "
+            f"{limit:.1%}); lower the temperature or refit the flow"
+        )

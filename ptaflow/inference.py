@@ -17,6 +17,9 @@ alpha q_0 (alpha = `DEFENSIVE_FRACTION` by default), q_0 the exact noise-only re
 posterior times the common process's prior (`ptaflow.noise_only`). It gives the no-signal
 plateau of the common amplitude, which a flow fitted by reverse KL leaves out, its exact mass,
 and the fit reports ln Z_0 and the Bayes factor of the common process against noise alone.
+In refit mode q_0 is the prior itself (in z, `PriorComponent`): it bounds the weights p / q by
+L / (alpha Z) where the flow's tails are thinner than the posterior's (a one-parameter model
+whose posterior reaches a prior edge has a Gaussian tail in z that the flow's tail misses).
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from .sampling import McmcResult, importance_resample, run_neutra
 
 __all__ = [
     "DEFENSIVE_FRACTION",
+    "PriorComponent",
     "PosteriorFit",
     "fit_posterior",
     "flow_draws",
@@ -69,8 +73,24 @@ __all__ = [
 ]
 
 
-#: Default share of the importance-sampling draws from the noise-only component (full mode).
+#: Default share of the importance-sampling draws from the defensive component (the
+#: noise-only posterior in full mode, the prior in refit mode).
 DEFENSIVE_FRACTION = 0.05
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PriorComponent:
+    """The prior of a posterior as a defensive component (`defensive_draws`): draws from the
+    prior, and its density in z, which is ln pi + ln|J| (the target's own prior part)."""
+
+    posterior: Posterior
+
+    def sample_theta(self, key, n: int) -> np.ndarray:
+        return np.asarray(self.posterior.sample_prior(key, n))
+
+    def log_q_z(self, theta, log_prior_z) -> np.ndarray:
+        del theta  # the prior part of the target is this density already
+        return np.asarray(log_prior_z)
 
 
 @eqx.filter_jit
@@ -97,7 +117,7 @@ def flow_draws(posterior: Posterior, flow, key, n: int, *, chunk: int = TARGET_C
 def defensive_draws(
     posterior: Posterior,
     flow,
-    noise: NoiseOnlyPosterior,
+    noise: NoiseOnlyPosterior | PriorComponent,
     flow_part: tuple,
     key,
     n_noise: int,
@@ -105,17 +125,19 @@ def defensive_draws(
     chunk: int = TARGET_CHUNK,
     devices=None,
 ):
-    """Flow draws joined by n_noise draws of the noise-only component, with mixture densities.
+    """Flow draws joined by n_noise draws of a defensive component, with mixture densities.
 
     The proposal is q = (n_flow / n) q_flow + (n_noise / n) q_0 with q_0 = (noise-only
-    red-noise posterior) x (common prior) on z (`NoiseOnlyPosterior.log_q_z`); every draw, of
-    either component, is weighted by p / q (deterministic-mixture weights), which keeps the
-    weights unbiased and bounds them by p / (alpha q_0) where the flow has no mass.
+    red-noise posterior) x (common prior) on z (`NoiseOnlyPosterior.log_q_z`), or the prior
+    (`PriorComponent`, refit mode); every draw, of either component, is weighted by p / q
+    (deterministic-mixture weights), which keeps the weights unbiased and bounds them by
+    p / (alpha q_0) where the flow has no mass.
 
     Args:
-        posterior: the full-mode target.
+        posterior: the target.
         flow: the flow whose draws `flow_part` holds (its density is evaluated at q_0's draws).
-        noise: `ptaflow.noise_only.noise_only_posterior(posterior)`.
+        noise: the component: `ptaflow.noise_only.noise_only_posterior(posterior)` (full mode)
+            or `PriorComponent(posterior)`.
         flow_part: (z, ln q_flow, ln L, ln pi + ln|J|) of n_flow flow draws (`flow_draws`).
         key: JAX key of the noise-only draws.
         n_noise: how many noise-only draws.
@@ -151,14 +173,15 @@ class PosteriorFit:
         flow: the trained flow on unconstrained z.
         flow_config, train_config: how it was built and trained.
         info: training record.
-        z: (n, n_dim) importance samples in z: the flow's draws, then (with a noise-only
-            component) the noise-only draws; log_q: the proposal's log-density at them (the
+        z: (n, n_dim) importance samples in z: the flow's draws, then (with a defensive
+            component) the component's draws; log_q: the proposal's log-density at them (the
             defensive mixture's when there is one).
         log_likelihood: (n,) ln L; log_prior_z: (n,) ln pi + ln |det dtheta/dz|.
         seed: the run's seed.
         wall_time_s: seconds from the call to the weighted samples (compilation included).
         n_flow: how many of the samples are flow draws (the first n_flow; default all).
         noise_only: the noise-only model behind the defensive component, or None.
+        prior_component: refit mode's defensive component (the prior), or None.
     """
 
     posterior: Posterior
@@ -174,6 +197,12 @@ class PosteriorFit:
     wall_time_s: float
     n_flow: int | None = None
     noise_only: NoiseOnlyPosterior | None = None
+    prior_component: PriorComponent | None = None
+
+    @property
+    def defensive_component(self) -> NoiseOnlyPosterior | PriorComponent | None:
+        """The defensive mixture's component q_0 (noise-only posterior or prior), or None."""
+        return self.noise_only if self.noise_only is not None else self.prior_component
 
     @property
     def n_flow_draws(self) -> int:
@@ -182,7 +211,7 @@ class PosteriorFit:
 
     @property
     def defensive_fraction(self) -> float:
-        """Share of the samples drawn from the noise-only component."""
+        """Share of the samples drawn from the defensive component."""
         return 1.0 - self.n_flow_draws / self.z.shape[0]
 
     @property
@@ -303,10 +332,10 @@ def fit_posterior(
         seed: the whole run is a deterministic function of it.
         flow_config, train_config: see `ptaflow.settings`. The target values of the
             importance samples are split over `train_config.devices` as the training's are.
-        n_samples: importance samples drawn after training (flow and noise-only draws).
-        defensive: share of them drawn from the exact noise-only component (see
-            `defensive_draws`); default `DEFENSIVE_FRACTION` in full mode and 0 in refit mode
-            (which has no red noise). 0 weights flow draws alone.
+        n_samples: importance samples drawn after training (flow and component draws).
+        defensive: share of them drawn from the defensive component (see `defensive_draws`):
+            the exact noise-only posterior in full mode, the prior in refit mode; default
+            `DEFENSIVE_FRACTION`. 0 weights flow draws alone.
         checkpoint: training checkpoint file (resumes when present).
         progress: show the training progress bar.
         timings: a `ptaflow.profiling.PhaseTimes` to record the phases in: those of
@@ -326,14 +355,9 @@ def fit_posterior(
     if n_samples < 100:
         raise ParameterError(f"n_samples={n_samples}: draw at least 100 flow samples")
     if defensive is None:
-        defensive = DEFENSIVE_FRACTION if posterior.mode == "full" else 0.0
+        defensive = DEFENSIVE_FRACTION
     if not 0.0 <= defensive < 1.0:
         raise ParameterError(f"defensive={defensive}: expected a share in [0, 1)")
-    if defensive > 0 and posterior.mode != "full":
-        raise ParameterError(
-            f"defensive={defensive}: a {posterior.mode}-mode posterior has no red noise and no "
-            "noise-only model; use defensive=0"
-        )
     n_noise = max(1, round(defensive * n_samples)) if defensive > 0 else 0
     flow_config = flow_config or FlowConfig()
     train_config = train_config or TrainConfig()
@@ -353,15 +377,18 @@ def fit_posterior(
     with _phase(timings, "samples"):
         devices = train_config.devices
         parts = flow_draws(posterior, flow, key_draw, n_samples - n_noise, devices=devices)
-        noise = None
-        if n_noise:
+        noise = prior = None
+        if n_noise and posterior.mode == "full":
             if noise_only is None:
                 noise = noise_only_posterior(posterior)
             else:
                 noise = noise_only.for_posterior(posterior)
+        elif n_noise:
+            prior = PriorComponent(posterior)
+        if n_noise:
             key_noise = jax.random.fold_in(key_draw, 2**31 - 1)
             parts = defensive_draws(
-                posterior, flow, noise, parts, key_noise, n_noise, devices=devices
+                posterior, flow, noise or prior, parts, key_noise, n_noise, devices=devices
             )
     z, log_q, ll, lp = parts
     return PosteriorFit(
@@ -378,6 +405,7 @@ def fit_posterior(
         wall_time_s=time.perf_counter() - t0,
         n_flow=n_samples - n_noise,
         noise_only=noise,
+        prior_component=prior,
     )
 
 
@@ -413,7 +441,7 @@ def independence_samples(
     Proposals z' ~ q (fresh draws, not those behind `fit`'s importance weights) are accepted
     with probability min(1, w(z')/w(z)), w = p/q (Tierney 1994): the chains target the exact
     posterior whatever the flow, and mix in a few steps when q is close to it. q is the fit's
-    proposal: the flow, or the flow with its noise-only component (the same share of draws,
+    proposal: the flow, or the flow with its defensive component (the same share of draws,
     in random order). Costs one target evaluation per draw and no gradients.
 
     Raises:
@@ -429,14 +457,20 @@ def independence_samples(
     n = num_chains * num_samples
     key = jax.random.key(seed)
     devices = fit.train_config.devices
-    if fit.noise_only is None or fit.defensive_fraction == 0:
+    if fit.defensive_component is None or fit.defensive_fraction == 0:
         z, log_q, ll, lp = flow_draws(fit.posterior, fit.flow, key, n, devices=devices)
     else:
         n_noise = max(1, round(fit.defensive_fraction * n))
         key_flow, key_noise = jax.random.split(key)
         part = flow_draws(fit.posterior, fit.flow, key_flow, n - n_noise, devices=devices)
         part = defensive_draws(
-            fit.posterior, fit.flow, fit.noise_only, part, key_noise, n_noise, devices=devices
+            fit.posterior,
+            fit.flow,
+            fit.defensive_component,
+            part,
+            key_noise,
+            n_noise,
+            devices=devices,
         )
         order = np.random.default_rng(seed + 1).permutation(n)
         z, log_q, ll, lp = (a[order] for a in part)

@@ -341,7 +341,7 @@ class CompareSettings:
         harmonic_flow: the harmonic mean's phi: "posterior" (the fitted posterior flow
             concentrated to `temperature`, evaluated on every exact chain; the chains'
             proposals are fresh flow draws, independent of its training; where its terms have
-            Pareto khat > 0.5 a separate flow takes over, `ptaflow.compare.harmonic_evidence`)
+            Pareto khat > 0.5 a separate flow takes over, `ptaflow.evaluation.harmonic_evidence`)
             or "separate" (a new flow fitted to half of the chains, the other half
             evaluating). Default "posterior" in full mode; in refit mode None: by the model's
             dimension (`refit_configs`).

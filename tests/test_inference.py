@@ -137,5 +137,3 @@ def test_fit_posterior_rejects_bad_input(post):
         fit_posterior(post, n_samples=5)
     with pytest.raises(ParameterError, match="defensive=1.0"):
         fit_posterior(post, defensive=1.0)
-    with pytest.raises(ParameterError, match="refit-mode posterior has no red noise"):
-        fit_posterior(make_refit_posterior("powerlaw"), defensive=0.05)

@@ -77,7 +77,7 @@ def _task_settings(
     train_opts, flow_opts = {**job.train, **variant.train}, {**job.flow, **variant.flow}
     try:
         # Refit mode without [train] / [flow] options: the defaults by model dimension
-        # (`ptaflow.compare.refit_configs`).
+        # (`ptaflow.evaluation.refit_configs`).
         refit = ds.mode == "refit"
         train = None if refit and not train_opts else dataclasses.replace(base_train, **train_opts)
         flow = None if refit and not flow_opts else FlowConfig(**flow_opts)

@@ -1,0 +1,238 @@
+"""Evidence by quadrature on a grid: an exact third estimate for posteriors of one to three
+parameters whose target is cheap (refit mode).
+
+ln Z = ln int L pi dz over the unconstrained space z (`ptaflow.posterior.Posterior.log_prob`,
+prior Jacobian included), by the trapezoid rule on a regular grid, in z or, given a flow's
+bijection z = T(u), in u (the integrand then is L pi (T(u)) |det dT/du|: a change of
+variables, exact whatever T, and close to a standard normal where T is close to the
+posterior's transport map, so that a coarse grid resolves a posterior that is narrow, curved
+or skewed in z). In two passes:
+
+1. locate: a coarse grid over the range of samples that cover the posterior (the flow's
+   draws, or prior draws), widened by its span on each side, finds the cells within e^-40 of
+   the largest value; where such cells touch the box's edge the box widens (up to twice);
+2. integrate: a fine grid (up to 2^18 points: 20 001 in 1-D, 511 per axis in 2-D, 63 in
+   3-D) over those cells and two more on each side gives ln Z, and the grid of every other
+   point gives the error |ln Z_h - ln Z_2h|, an upper bound for a rule that converges (the
+   trapezoid rule's own error is about a third of it at order h^2).
+
+A grid that does not resolve the integrand (a feature narrower than a few cells) shows as a
+large difference between the two grids, hence a large error and a warning. Measured on refit
+models against importance sampling with 20 000 draws: in 2-D the latent-space grid gave errors
+of 1e-4 to 3e-3 nat in 0.7 s; in 3-D 0.01-0.08 nat in about 2 s, where the grid in z did not
+resolve the posteriors (errors 0.45-0.86 nat).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import equinox as eqx
+import jax
+import numpy as np
+from scipy import special
+
+from .devices import fixed_chunks
+from .errors import ParameterError
+from .evidence import EvidenceResult
+from .flows.targets import TARGET_CHUNK, target_parts
+
+__all__ = ["MAX_POINTS", "MAX_DIM", "estimate_evidence_quadrature"]
+
+#: Largest grid (points) and dimension `estimate_evidence_quadrature` accepts by default.
+MAX_POINTS = 2**18
+MAX_DIM = 3
+#: Cells below the largest log-target by more than this are left out of the fine grid.
+_LOG_RANGE = 40.0
+_MAX_WIDENINGS = 2
+#: Points per axis of the locating grid, by dimension.
+_COARSE = {1: 2001, 2: 129, 3: 33}
+
+
+def _axis_points(n_dim: int, max_points: int) -> int:
+    """Grid points per axis: odd (every other point is the coarse grid), at most 20001."""
+    n = min(20001, int(math.floor(max_points ** (1.0 / n_dim) + 1e-9)))
+    return n if n % 2 else n - 1
+
+
+def _trapezoid_log_sum(lt: np.ndarray, step: int) -> float:
+    """ln of the trapezoid-weighted sum of exp(lt) over the sub-grid of every `step`-th point
+    of each axis (lt: the grid's values, shape (n,) * n_dim), without the cell volume."""
+    sub = lt[tuple(slice(None, None, step) for _ in range(lt.ndim))]
+    log_w = np.zeros(sub.shape)
+    for axis in range(sub.ndim):  # half weight on each axis's two end points
+        index = [slice(None)] * sub.ndim
+        for end in (0, -1):
+            index[axis] = end
+            log_w[tuple(index)] -= math.log(2.0)
+    return float(special.logsumexp(sub + log_w))
+
+
+def _edge_fraction(lt: np.ndarray, log_total: float) -> float:
+    """Fraction of exp(lt)'s sum on the grid's outermost layer."""
+    inner = lt[tuple(slice(1, -1) for _ in range(lt.ndim))]
+    log_inner = float(special.logsumexp(inner)) if inner.size else -math.inf
+    return float(-np.expm1(min(0.0, log_inner - log_total)))
+
+
+def _checked(lt: np.ndarray) -> np.ndarray:
+    if np.isnan(lt).any():
+        raise ParameterError(
+            f"the target is NaN at {int(np.isnan(lt).sum())} of {lt.size} quadrature grid "
+            "points; check the model's spectrum and priors there"
+        )
+    if not np.isfinite(lt).any():
+        raise ParameterError("the target is not finite at any quadrature grid point")
+    return lt
+
+
+def _locate(evaluate, lo, hi, n_coarse: int):
+    """The box of the coarse-grid cells within `_LOG_RANGE` of the largest value, two cells
+    wider on each side, after widening the search box while those cells touch its edge;
+    returns (lower, upper, widenings)."""
+    for widenings in range(_MAX_WIDENINGS + 1):
+        axes = [np.linspace(a, b, n_coarse) for a, b in zip(lo, hi, strict=True)]
+        lt = _checked(_grid_values(evaluate, axes))
+        keep = lt > np.max(lt) - _LOG_RANGE
+        edge = [np.take(keep, [0, -1], axis=k).any() for k in range(keep.ndim)]
+        if not any(edge) or widenings == _MAX_WIDENINGS:
+            break
+        span = hi - lo
+        lo, hi = lo - 0.5 * span, hi + 0.5 * span
+    idx = np.nonzero(keep)
+    step = (hi - lo) / (n_coarse - 1)
+    lower = np.array([ax[i.min()] for ax, i in zip(axes, idx, strict=True)]) - 2 * step
+    upper = np.array([ax[i.max()] for ax, i in zip(axes, idx, strict=True)]) + 2 * step
+    return lower, upper, widenings
+
+
+def estimate_evidence_quadrature(
+    log_target,
+    samples,
+    *,
+    bijection=None,
+    max_points: int = MAX_POINTS,
+    max_dim: int = MAX_DIM,
+) -> EvidenceResult:
+    """ln Z of a low-dimensional target by the trapezoid rule on a grid (see the module).
+
+    Args:
+        log_target: a `ptaflow.posterior.Posterior` (ln L + ln pi + ln|J| in z, through its
+            compiled target evaluation), or a pure-JAX callable z (n_dim,) -> ln(L pi).
+        samples: (n, n_dim) points that cover the posterior (the flow's draws, or prior
+            draws), whose range sets where the grid looks first.
+        bijection: optional flowjax bijection z = T(u) (a fitted flow's, `flow.bijection`):
+            the grid then lies in u, and the integrand is the target at T(u) times |det dT/du|
+            (a change of variables, exact whatever T): where T is close to the posterior's
+            transport map the integrand is close to a standard normal in u, which a coarse
+            grid resolves although the posterior in z is narrow, curved or skewed.
+        max_points: the fine grid's size limit (points).
+        max_dim: the largest dimension accepted.
+
+    Returns:
+        EvidenceResult with method "quadrature"; diagnostics: n_points, points_per_axis,
+        box_lower, box_upper (the fine grid's box, per axis), widenings (of the locating
+        box), edge_fraction (of the integral on the fine grid's outermost layer),
+        log_evidence_coarse (every other point), non_finite_fraction (fine-grid points where
+        the target is -inf, outside the support: they count as zero).
+
+    Raises:
+        ParameterError: too many dimensions, too few or non-finite samples, a NaN target on
+            a grid, or no grid point with a finite target.
+    """
+    start = time.perf_counter()
+    x = np.asarray(samples, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ParameterError(f"samples must have shape (n >= 2, n_dim); got {x.shape}")
+    n_dim = x.shape[1]
+    if not 1 <= n_dim <= max_dim:
+        raise ParameterError(
+            f"quadrature takes 1 to {max_dim} parameters; the samples have {n_dim}"
+        )
+    if not np.all(np.isfinite(x)):
+        raise ParameterError("the samples that set the quadrature box are not all finite")
+    evaluate = _evaluator(log_target, bijection)
+    if bijection is not None:
+        x = fixed_chunks(lambda z: _inverse(bijection, z), x, TARGET_CHUNK)[0]
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    span = np.maximum(hi - lo, 1e-6)
+    lo, hi, widenings = _locate(evaluate, lo - span, hi + span, _COARSE.get(n_dim, 41))
+    n_axis = _axis_points(n_dim, int(max_points))
+    axes = [np.linspace(a, b, n_axis) for a, b in zip(lo, hi, strict=True)]
+    lt = _checked(_grid_values(evaluate, axes))
+    log_volume = float(np.sum(np.log((hi - lo) / (n_axis - 1))))
+    log_z = _trapezoid_log_sum(lt, 1) + log_volume
+    log_z_coarse = _trapezoid_log_sum(lt, 2) + log_volume + n_dim * math.log(2.0)
+    edge = _edge_fraction(lt, log_z - log_volume)
+    # The two grids' difference, the edge's share, and the rounding of a sum of n terms.
+    err = abs(log_z_coarse - log_z) + edge + math.sqrt(lt.size) * np.finfo(float).eps
+    warnings = []
+    if edge > 1e-6:
+        warnings.append(
+            f"quadrature: {edge:.1e} of the integral lies on the grid's edge after "
+            f"{widenings} widenings of the search box: it may cut off posterior mass"
+        )
+    if err > 0.05:
+        warnings.append(
+            f"quadrature: the grids of {n_axis} and {(n_axis + 1) // 2} points per axis differ "
+            f"by {abs(log_z_coarse - log_z):.3f} in ln Z: the grid does not resolve the posterior"
+        )
+    return EvidenceResult(
+        log_evidence=log_z,
+        log_evidence_err=err,
+        method="quadrature",
+        n_samples=int(lt.size),
+        n_eff=float(lt.size),
+        diagnostics={
+            "n_points": int(lt.size),
+            "points_per_axis": n_axis,
+            "box_lower": [float(v) for v in lo],
+            "box_upper": [float(v) for v in hi],
+            "widenings": widenings,
+            "edge_fraction": edge,
+            "log_evidence_coarse": log_z_coarse,
+            "non_finite_fraction": float(np.mean(~np.isfinite(lt))),
+        },
+        warnings=tuple(warnings),
+        wall_time_s=time.perf_counter() - start,
+    )
+
+
+@eqx.filter_jit
+def _transform(bijection, u):
+    return jax.vmap(bijection.transform_and_log_det)(u)
+
+
+@eqx.filter_jit
+def _inverse(bijection, z):
+    return jax.vmap(bijection.inverse)(z)
+
+
+def _evaluator(log_target, bijection):
+    """Grid points (host array) -> log integrand (host array). The target goes through
+    `ptaflow.flows.target_parts` (a `Posterior`'s compiled target evaluation, shared with the
+    fit: nothing new to compile); with a bijection, through T and its log-determinant first."""
+    if not (hasattr(log_target, "log_prob_parts") or callable(log_target)):
+        raise ParameterError(
+            f"log_target={log_target!r}: expected a Posterior or a callable z -> ln(L pi)"
+        )
+
+    def target(z):
+        tempered, rest = target_parts(log_target, z)
+        return np.asarray(tempered, dtype=np.float64) + np.asarray(rest, dtype=np.float64)
+
+    if bijection is None:
+        return target
+
+    def through(u):
+        z, log_det = fixed_chunks(lambda v: _transform(bijection, v), u, TARGET_CHUNK)
+        return target(z) + np.asarray(log_det, dtype=np.float64)
+
+    return through
+
+
+def _grid_values(evaluate, axes) -> np.ndarray:
+    """The log integrand on the grid of `axes` (shape (n,) * n_dim)."""
+    mesh = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(axes))
+    return np.asarray(evaluate(mesh), dtype=np.float64).reshape((axes[0].size,) * len(axes))
