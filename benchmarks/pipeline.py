@@ -359,9 +359,12 @@ def _cli_case(args) -> dict:
     env = dict(os.environ, PTAFLOW_JAX_CACHE=args.cache_dir or "off")
     env["PYTHONPATH"] = os.pathsep.join([str(args.repo.resolve()), env.get("PYTHONPATH", "")])
     t0 = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    # Run from the checkout: `python -m` puts the working directory first on sys.path.
+    repo = str(args.repo.resolve())
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=repo)
     wall = time.perf_counter() - t0
-    if done.returncode != 0:
+    # 3: some model flagged or with warnings, 4: some model failed (a table is written).
+    if done.returncode not in (0, 3, 4):
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}): {done.stderr[-2000:]}")
     table = json.loads((out / "comparison.json").read_text())
     rows = table["rows"]
@@ -372,6 +375,8 @@ def _cli_case(args) -> dict:
         "model_wall_s": {r["model"]: round(r["wall_time_s"], 2) for r in rows},
         "ln_B": {r["model"]: [r["ln_B"], r["ln_B_err"]] for r in rows},
         "status": {r["model"]: r["status"] for r in rows},
+        "exit_status": done.returncode,
+        "reasons": {r["model"]: r["reason"] for r in rows if r["reason"]},
     }
 
 
