@@ -23,7 +23,7 @@ from ptaflow.errors import ParameterError
 from ptaflow.flows import FlowConfig, TrainConfig, flow_from_bytes, result_flow
 from ptaflow.inference import fit_posterior, hellinger_table, neutra_samples
 from ptaflow.plots import plot_corner
-from ptaflow.posterior import make_posterior, make_refit_posterior
+from ptaflow.posterior import make_posterior
 from ptaflow.results import load_posterior, save_posterior
 
 BINS = 20
