@@ -62,6 +62,7 @@ from .sampling import McmcResult, importance_resample, run_neutra
 __all__ = [
     "DEFENSIVE_FRACTION",
     "PriorComponent",
+    "REFIT_DEFENSIVE_MAX_DIM",
     "PosteriorFit",
     "fit_posterior",
     "flow_draws",
@@ -76,6 +77,14 @@ __all__ = [
 #: Default share of the importance-sampling draws from the defensive component (the
 #: noise-only posterior in full mode, the prior in refit mode).
 DEFENSIVE_FRACTION = 0.05
+
+
+#: Refit mode takes the prior component up to this many parameters: a one-parameter posterior
+#: that reaches a prior edge has a Gaussian tail in z that the flow misses (importance khat
+#: 1.25 for stable_k without it, 0.41 with it). From three parameters on the annealed training
+#: covers the tails (khat 0.18-0.49 on the NG15 models), and the component's own compilations
+#: would cost 2-5 s per model.
+REFIT_DEFENSIVE_MAX_DIM = 2
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -335,7 +344,8 @@ def fit_posterior(
         n_samples: importance samples drawn after training (flow and component draws).
         defensive: share of them drawn from the defensive component (see `defensive_draws`):
             the exact noise-only posterior in full mode, the prior in refit mode; default
-            `DEFENSIVE_FRACTION`. 0 weights flow draws alone.
+            `DEFENSIVE_FRACTION`, in refit mode only up to `REFIT_DEFENSIVE_MAX_DIM`
+            parameters (else 0). 0 weights flow draws alone.
         checkpoint: training checkpoint file (resumes when present).
         progress: show the training progress bar.
         timings: a `ptaflow.profiling.PhaseTimes` to record the phases in: those of
@@ -355,7 +365,8 @@ def fit_posterior(
     if n_samples < 100:
         raise ParameterError(f"n_samples={n_samples}: draw at least 100 flow samples")
     if defensive is None:
-        defensive = DEFENSIVE_FRACTION
+        refit_wide = posterior.mode != "full" and posterior.n_dim > REFIT_DEFENSIVE_MAX_DIM
+        defensive = 0.0 if refit_wide else DEFENSIVE_FRACTION
     if not 0.0 <= defensive < 1.0:
         raise ParameterError(f"defensive={defensive}: expected a share in [0, 1)")
     n_noise = max(1, round(defensive * n_samples)) if defensive > 0 else 0
