@@ -81,7 +81,8 @@ def _add_compare_command(sub) -> None:
     p.add_argument(
         "--harmonic-flow",
         choices=["posterior", "separate"],
-        help="harmonic-mean flow (default: posterior in refit mode, separate in full mode)",
+        help="harmonic-mean flow (default: posterior, concentrated; a separate flow where its "
+        "terms have khat > 0.5)",
     )
     p.set_defaults(func=_run_compare)
 

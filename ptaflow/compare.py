@@ -7,17 +7,19 @@
 For each model: a posterior target (refit: the model's parameters on the NG15 free-spectrum
 densities; full: per-pulsar red noise + the model's common process on reduced pulsar data,
 CURN or HD: the correlation the model file declares, else the settings'), a variational
-flow fit (`ptaflow.inference.fit_posterior`), and two evidence
-estimates:
+flow fit (`ptaflow.inference.fit_posterior`), and two or three evidence estimates
+(`ptaflow.evaluation`):
 
 - importance sampling with the flow as proposal (ln Z, error, ESS, Pareto khat);
 - the learned harmonic mean (McEwen et al. 2021, arXiv:2111.12720) on exact posterior chains
   (independence Metropolis-Hastings with flow proposals, or NUTS preconditioned by the flow),
   split by chain, with phi the posterior flow concentrated, or a flow fitted to half of the
-  chains (`harmonic_evidence`).
+  chains (`harmonic_evidence`);
+- for refit models of one and two parameters, quadrature on a grid (`ptaflow.quadrature`).
 
-Both are evidences of the same normalised model (prior Jacobian included), so they must
-agree: a model whose estimates differ by more than 3 combined sigma is flagged. Bayes factors
+All are evidences of the same normalised model (prior Jacobian included), so they must
+agree: a model whose sampling estimates differ from the quadrature (or, without it, from each
+other) by more than 3 combined sigma is flagged. Bayes factors
 ln B = ln Z_model - ln Z_reference use the learned harmonic mean with errors added in
 quadrature (the importance-sampling column is shown beside it).
 

@@ -25,7 +25,7 @@ from flowjax.distributions import Transformed
 
 from .data.free_spectrum import load_free_spectrum_densities
 from .data.reduction import select_reduced
-from .errors import ModelError, PtaflowError
+from .errors import ModelError, ParameterError, PtaflowError
 from .evidence import EvidenceResult, estimate_evidence_harmonic, estimate_evidence_importance
 from .flows import reset_coordinates
 from .identity import derived_seed, file_digest, result_key, settings_identity
@@ -34,6 +34,7 @@ from .models import SourceModel, load_model
 from .noise_only import NoiseOnlyPosterior
 from .posterior import Posterior, make_posterior, make_refit_posterior
 from .profiling import PhaseTimes
+from .quadrature import MAX_DIM as QUADRATURE_MAX_DIM
 from .quadrature import estimate_evidence_quadrature
 from .settings import CompareSettings, FlowConfig, TrainConfig
 
@@ -148,7 +149,8 @@ class ModelOutcome:
         key: hash of the inputs (for resuming).
         phase_times: {phase: {"wall_s", "compile_s", "trace_s", "compiles", counts}} of this
             model (`ptaflow.profiling.PhaseTimes`): build, initialise, train, refine, samples,
-            evidence_importance, exact_samples, evidence_harmonic, summary.
+            evidence_importance, evidence_quadrature (refit, one and two parameters),
+            exact_samples, evidence_harmonic, summary.
     """
 
     name: str
@@ -285,7 +287,8 @@ def model_configs(
     n_dim parameters: the settings' own, or where they are None (refit mode's defaults)
     `refit_configs(n_dim)`."""
     train, flow, harmonic, temperature = refit_configs(n_dim)
-    harmonic = settings.harmonic_flow or harmonic
+    if settings.harmonic_flow is not None and settings.harmonic_flow != harmonic:
+        harmonic, temperature = settings.harmonic_flow, SEPARATE_TEMPERATURE
     temperature = settings.temperature or temperature
     return settings.train or train, settings.flow or flow, harmonic, temperature
 
@@ -330,13 +333,6 @@ def warm_start_flow(
     return reset_coordinates(previous.flow, range(n_noise, posterior.n_dim))
 
 
-#: Refit models get the quadrature estimate up to this many parameters. In three dimensions
-#: the grid (49 points per axis in the flow's latent space) does not resolve every NG15
-#: posterior, and its two resolutions can agree by chance: igw gave -19.074 +- 0.0004 there,
-#: -19.081 +- 0.04 with 63 and -19.067 +- 0.017 with 101 points per axis (nested sampling:
-#: -19.09 +- 0.09), so its error would not be trustworthy.
-QUADRATURE_DIMS = 2
-
 #: Temperature of the separate harmonic-mean flow that takes over where the posterior flow
 #: fails as phi (`harmonic_evidence`).
 SEPARATE_TEMPERATURE = 0.9
@@ -366,10 +362,13 @@ def harmonic_evidence(
             key, chains.samples, chains.log_prob, temperature=temperature
         )
         return dataclasses.replace(lhm, diagnostics={**lhm.diagnostics, "phi": "separate"})
-    lhm = estimate_evidence_harmonic(
-        key, chains.samples, chains.log_prob, temperature=temperature, flow=fit.flow
-    )
-    khat = float(lhm.diagnostics["khat"])
+    try:
+        lhm = estimate_evidence_harmonic(
+            key, chains.samples, chains.log_prob, temperature=temperature, flow=fit.flow
+        )
+        khat = float(lhm.diagnostics["khat"])
+    except ParameterError:  # its density is not finite at some chain sample
+        khat = math.inf
     if khat <= 0.5:
         return dataclasses.replace(lhm, diagnostics={**lhm.diagnostics, "phi": "posterior"})
     if say is not None:
@@ -388,7 +387,8 @@ def _differ(a: EvidenceResult, b: EvidenceResult) -> str:
     sigma = math.hypot(a.log_evidence_err, b.log_evidence_err)
     if math.isfinite(diff) and abs(diff) <= 3 * sigma:
         return ""
-    return f"{diff:+.3f} nat ({abs(diff) / sigma:.1f} sigma)"
+    z = abs(diff) / sigma if sigma > 0 else math.inf
+    return f"{diff:+.3f} nat ({z:.1f} sigma)"
 
 
 def _status(lhm, imp, rhat: float, khat: float, quad=None) -> tuple[str, str]:
@@ -455,15 +455,11 @@ def _run_model(
     say(f"importance sampling: ESS {fit.ess:.0f} of {fit.z.shape[0]}, khat {fit.khat:.2f}")
     with timings.phase("evidence_importance"):
         imp = estimate_evidence_importance(fit.log_target, fit.log_q)
-    quad = None
-    if settings.mode == "refit" and posterior.n_dim <= QUADRATURE_DIMS:
+    quad, quad_warnings = None, ()
+    if settings.mode == "refit" and posterior.n_dim <= QUADRATURE_MAX_DIM:
         say("quadrature on a grid")
         with timings.phase("evidence_quadrature"):
-            # One parameter: the grid in z; more: in the flow's latent space, where the
-            # integrand is close to a standard normal (`ptaflow.quadrature`).
-            bijection = fit.flow.bijection if posterior.n_dim > 1 else None
-            draws = fit.z[: fit.n_flow_draws]
-            quad = estimate_evidence_quadrature(posterior, draws, bijection=bijection)
+            quad, quad_warnings = _quadrature(fit)
     with timings.phase("exact_samples"):
         if settings.exact == "imh":
             say("exact samples (independence Metropolis-Hastings, flow proposals)")
@@ -490,6 +486,7 @@ def _run_model(
         theta = np.asarray(posterior.to_theta(jnp.asarray(chains.flat_samples)))
         summary = _summary(posterior, theta)
     warnings = tuple(imp.warnings) + tuple(lhm.warnings) + (quad.warnings if quad else ())
+    warnings += quad_warnings
     status, reason = _status(lhm, imp, float(np.max(chains.rhat)), fit.khat, quad)
     outcome = ModelOutcome(
         name=model.name,
@@ -512,6 +509,18 @@ def _run_model(
         phase_times=timings.to_dict(),
     )
     return outcome, fit
+
+
+def _quadrature(fit: PosteriorFit) -> tuple[EvidenceResult | None, tuple[str, ...]]:
+    """The quadrature estimate of a refit fit (one parameter: the grid in z; two: in the
+    flow's latent space, where the integrand is close to a standard normal), or None and a
+    warning where the grid fails (a check only: the model does not fail with it)."""
+    bijection = fit.flow.bijection if fit.posterior.n_dim > 1 else None
+    draws = fit.z[: fit.n_flow_draws]
+    try:
+        return estimate_evidence_quadrature(fit.posterior, draws, bijection=bijection), ()
+    except ParameterError as exc:
+        return None, (f"no quadrature estimate: {exc}",)
 
 
 class _ModelFailure(PtaflowError):
@@ -537,7 +546,8 @@ def evaluate_model(
     noise_only: NoiseOnlyPosterior | None = None,
     previous: PosteriorFit | None = None,
 ) -> ModelRun:
-    """Fit one model's posterior and estimate its evidence twice, as `compare` does per model.
+    """Fit one model's posterior and estimate its evidence (two or three ways), as `compare`
+    does per model.
 
     A failure (unknown model, non-finite values, a divergent fit) does not raise: it comes back
     as a "failed" outcome with its reason, and the traceback in `ModelRun.traceback`.

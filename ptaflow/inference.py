@@ -17,9 +17,10 @@ alpha q_0 (alpha = `DEFENSIVE_FRACTION` by default), q_0 the exact noise-only re
 posterior times the common process's prior (`ptaflow.noise_only`). It gives the no-signal
 plateau of the common amplitude, which a flow fitted by reverse KL leaves out, its exact mass,
 and the fit reports ln Z_0 and the Bayes factor of the common process against noise alone.
-In refit mode q_0 is the prior itself (in z, `PriorComponent`): it bounds the weights p / q by
-L / (alpha Z) where the flow's tails are thinner than the posterior's (a one-parameter model
-whose posterior reaches a prior edge has a Gaussian tail in z that the flow's tail misses).
+In refit mode, up to `REFIT_DEFENSIVE_MAX_DIM` parameters, q_0 is the prior itself (in z,
+`PriorComponent`): it bounds the weights p / q by L / (alpha Z) where the flow's tails are
+thinner than the posterior's (a one-parameter model whose posterior reaches a prior edge has
+a Gaussian tail in z that the flow's tail misses).
 """
 
 from __future__ import annotations

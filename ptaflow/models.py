@@ -413,9 +413,12 @@ def _validate(model: SourceModel, n_draws: int, n_dense: int, seed: int) -> None
     eager = np.stack(eager)
     try:  # every vectorised check in one compiled function: one compilation per model
         out, grads, h2 = _vectorised(model, f, thetas, dense)
-    except Exception:  # find which check fails, one by one, for its message
+    except Exception as exc:  # find which check fails, one by one, for its message
         _vectorised_one_by_one(model, f, thetas)
-        raise
+        raise ModelError(
+            f"{where}: the vectorised checks of spectrum() fail together (jax.jit of vmap, "
+            f"grad and the dense draws): {type(exc).__name__}: {exc}. {_HINT}"
+        ) from exc
     if not np.allclose(out, eager, rtol=1e-9, atol=0.0, equal_nan=True):
         _vectorised_one_by_one(model, f, thetas, eager)  # names jax.vmap or jax.jit
         _check_agrees(model, out, eager, thetas, "jax.jit")

@@ -1,7 +1,7 @@
 """Where a fit's time goes, and keeping compiled code between runs.
 
 * `PhaseTimes`: an optional recorder that `fit_posterior`, `fit_variational` and
-  `ptaflow.compare.evaluate_model` fill with the wall time, JAX compilations and work counts
+  `ptaflow.evaluation.evaluate_model` fill with the wall time, JAX compilations and work counts
   (training steps, refinement rounds) of each phase of a fit:
 
       times = PhaseTimes()

@@ -1,5 +1,5 @@
-"""Evidence by quadrature on a grid: an exact third estimate for posteriors of one to three
-parameters whose target is cheap (refit mode).
+"""Evidence by quadrature on a grid: a deterministic third estimate for posteriors of one or
+two parameters whose target is cheap (refit mode).
 
 ln Z = ln int L pi dz over the unconstrained space z (`ptaflow.posterior.Posterior.log_prob`,
 prior Jacobian included), by the trapezoid rule on a regular grid, in z or, given a flow's
@@ -19,8 +19,8 @@ or skewed in z). In two passes:
 A grid that does not resolve the integrand (a feature narrower than a few cells) shows as a
 large difference between the two grids, hence a large error and a warning. Measured on refit
 models: in 2-D the latent-space grid gives errors of 1e-5 to 1.5e-3 nat in 0.4-0.5 s (2^18
-points: at most 5e-4 nat, in 0.8-0.9 s); in 3-D (2^18 points) 0.01-0.08 nat, where the grid in
-z did not resolve the posteriors (errors 0.45-0.86 nat).
+points: at most 5e-4 nat, in 0.8-0.9 s). In 3-D (2^18 points) the errors were 0.01-0.08 nat and
+not always trustworthy (`MAX_DIM`); the grid in z did not resolve those posteriors at all.
 """
 
 from __future__ import annotations
@@ -40,9 +40,14 @@ from .flows.targets import TARGET_CHUNK, target_parts
 
 __all__ = ["MAX_POINTS", "MAX_DIM", "estimate_evidence_quadrature"]
 
-#: Largest grid (points) and dimension `estimate_evidence_quadrature` accepts by default.
+#: Largest grid (points) `estimate_evidence_quadrature` takes by default.
 MAX_POINTS = 2**17
-MAX_DIM = 3
+#: Largest dimension it accepts by default (three on request, `max_dim=3`). In three
+#: dimensions the grid (49 points per axis in a flow's latent space) did not resolve every NG15
+#: refit posterior, and its two resolutions can agree by chance: igw gave -19.074 +- 0.0004
+#: there, -19.081 +- 0.04 with 63 and -19.067 +- 0.017 with 101 points per axis (nested
+#: sampling: -19.09 +- 0.09), so its error is not trustworthy there.
+MAX_DIM = 2
 #: Cells below the largest log-integrand by more than this are left out of the fine grid: a
 #: region of such cells adds less than e^-25 (its volume / the core's volume) to Z, below 1e-6
 #: for a region 10^4 times the posterior's core.
@@ -154,6 +159,11 @@ def estimate_evidence_quadrature(
         )
     if not np.all(np.isfinite(x)):
         raise ParameterError("the samples that set the quadrature box are not all finite")
+    if int(max_points) < 5**n_dim:
+        raise ParameterError(
+            f"max_points={max_points}: a grid in {n_dim} dimensions needs at least "
+            f"{5**n_dim} points (5 per axis)"
+        )
     evaluate = _evaluator(log_target, bijection)
     if bijection is not None:
         x = fixed_chunks(lambda z: _inverse(bijection, z), x, TARGET_CHUNK)[0]

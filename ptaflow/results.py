@@ -341,7 +341,8 @@ class PosteriorResult:
         log_prior: (n_samples,) ln pi(theta), normalised prior density.
         log_weights: (n_samples,) unnormalised ln importance weights of flow samples,
             ln w = ln L + ln pi - ln q (-inf allowed), or None for equally weighted samples.
-            For a fit with a noise-only component (`ptaflow.inference.fit_posterior`) q is
+            For a fit with a defensive component (noise-only posterior or prior,
+            `ptaflow.inference.fit_posterior`) q is
             the mixture's density, and only the first diagnostics["n_flow_draws"] samples
             are the flow's own draws.
         diagnostics: JSON-able scalars (ESS, Pareto k, acceptance rate, ...).

@@ -345,9 +345,9 @@ class CompareSettings:
             or "separate" (a new flow fitted to half of the chains, the other half
             evaluating). Default "posterior" in full mode; in refit mode None: by the model's
             dimension (`refit_configs`).
-        temperature: the harmonic-mean flow's concentration T < 1 (default for the posterior
-            flow 0.7 in full mode and 0.5 in refit mode, for a separate one 0.9; in refit mode
-            None: by the model's dimension, `refit_configs`). The posterior flow is trained to
+        temperature: the harmonic-mean flow's concentration T < 1 (full mode: default 0.7 for
+            the posterior flow, 0.9 for a separate one; refit mode: None, by the model's
+            dimension and the flow, `refit_configs`). The posterior flow is trained to
             cover the posterior's mass (forward KL) and leaks past sharp edges of tabulated
             spectra: at T = 0.9 it overestimated ln Z of meta_l by 0.02 nat, at T = 0.5 by
             < 0.01. In full mode (22 parameters, 10 pulsars, CURN and HD, two exact-chain
@@ -406,9 +406,8 @@ class CompareSettings:
             object.__setattr__(self, "flow", FlowConfig())
         if self.mode == "full" and self.harmonic_flow is None:
             object.__setattr__(self, "harmonic_flow", "posterior")
-        if self.temperature is None and self.harmonic_flow is not None:
-            default = {"separate": 0.9, "posterior": 0.7 if self.mode == "full" else 0.5}
-            default = default[self.harmonic_flow]
+        if self.mode == "full" and self.temperature is None:
+            default = {"separate": 0.9, "posterior": 0.7}[self.harmonic_flow]
             object.__setattr__(self, "temperature", default)
 
     def to_dict(self) -> dict:

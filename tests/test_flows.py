@@ -259,7 +259,7 @@ class _TwoModes(eqx.Module):
         return log_like, log_prior
 
 
-# Refit mode's annealed training (`compare.REFIT_TRAIN_ANNEALED`) on smaller pools.
+# Refit mode's annealed training (`evaluation.REFIT_TRAIN_ANNEALED`) on smaller pools.
 ANNEALED = dataclasses.replace(
     REFIT_TRAIN_ANNEALED, prior_draws=16384, prior_ess=2000.0, refine_rounds=60, refine_pool=4096
 )

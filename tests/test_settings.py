@@ -104,7 +104,8 @@ def test_the_defaults_are_valid_and_full_mode_fills_in_its_own():
     assert refit.train is None and refit.flow is None and refit.temperature is None
     assert (full.train, full.flow) == (TrainConfig(), FlowConfig())
     assert (full.harmonic_flow, full.temperature) == ("posterior", 0.7)
-    assert CompareSettings(harmonic_flow="posterior").temperature == 0.5
+    # Refit mode: the temperature follows each model's dimension (`refit_configs`).
+    assert CompareSettings(harmonic_flow="posterior").temperature is None
     assert CompareSettings(mode="full", pulsars=["a", "b"]).pulsars == ("a", "b")
 
 

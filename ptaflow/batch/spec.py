@@ -1,7 +1,7 @@
 """Batch job specifications: a TOML file validated into frozen dataclasses, expanded into tasks.
 
 A job is models x data sets (mode refit/full, CURN/HD) x settings variants x replicate seeds.
-Each task is one model fit plus its two evidence estimates (`ptaflow.compare.evaluate_model`)
+Each task is one model fit plus its evidence estimates (`ptaflow.evaluation.evaluate_model`)
 and is keyed by a hash of its inputs: model file, data, settings, base seed, replicate number
 and ptaflow version. The task's seed derives from the base seed and that key, so the same job
 gives the same numbers whichever executor runs it, and a changed input gives a new task.

@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Task", "expand_tasks"]
 
-#: Format of the task key (2: seeds from `ptaflow.identity.derived_seed`, as comparisons).
-_TASK_FORMAT = 2
+#: Format of the task key (2: seeds from `ptaflow.identity.derived_seed`, as comparisons; 3:
+#: the harmonic mean's phi, the quadrature and the refit prior component changed the results).
+_TASK_FORMAT = 3
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ from .style import DPI, _colour, _plain, _save, _title
 
 __all__ = ["STATUSES", "FLAGGED_HATCH", "plot_bayes_factors"]
 
-#: Model statuses `plot_bayes_factors` draws (those of `ptaflow.compare.ModelOutcome`).
+#: Model statuses `plot_bayes_factors` draws (those of `ptaflow.evaluation.ModelOutcome`).
 STATUSES = ("ok", "flagged", "failed")
 #: How `plot_bayes_factors` marks a flagged model's bars.
 FLAGGED_HATCH = "////"
@@ -72,7 +72,7 @@ def plot_bayes_factors(
         reference: the reference model's name (axis label; a line marks ln B = 0).
         second: (log_bf, log_bf_err) of a second estimator, drawn beside each bar, or None.
         estimators: legend labels of the first and second estimator.
-        status: (n_models,) "ok", "flagged" or "failed" (`ptaflow.compare.ModelOutcome`'s
+        status: (n_models,) "ok", "flagged" or "failed" (`ptaflow.evaluation.ModelOutcome`'s
             status); None for all "ok".
         sort: sort by ln B (True) or keep the order of `names`, top to bottom (False).
         context: second title line: the data, mode and pulsars compared (`figure_context`).
