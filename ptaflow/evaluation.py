@@ -357,11 +357,15 @@ def harmonic_evidence(
     a separate flow at T = `SEPARATE_TEMPERATURE` takes over, and its result carries
     diagnostics["posterior_flow_khat"]. diagnostics["phi"] says which flow gave the number.
     """
+
+    def tagged(lhm: EvidenceResult, **extra) -> EvidenceResult:
+        return dataclasses.replace(lhm, diagnostics={**lhm.diagnostics, **extra})
+
     if phi == "separate":
         lhm = estimate_evidence_harmonic(
             key, chains.samples, chains.log_prob, temperature=temperature
         )
-        return dataclasses.replace(lhm, diagnostics={**lhm.diagnostics, "phi": "separate"})
+        return tagged(lhm, phi="separate")
     try:
         lhm = estimate_evidence_harmonic(
             key, chains.samples, chains.log_prob, temperature=temperature, flow=fit.flow
@@ -370,15 +374,13 @@ def harmonic_evidence(
     except ParameterError:  # its density is not finite at some chain sample
         khat = math.inf
     if khat <= 0.5:
-        return dataclasses.replace(lhm, diagnostics={**lhm.diagnostics, "phi": "posterior"})
+        return tagged(lhm, phi="posterior")
     if say is not None:
         say(f"the posterior flow's harmonic-mean terms have khat {khat:.2f}: a separate flow")
     lhm = estimate_evidence_harmonic(
         key, chains.samples, chains.log_prob, temperature=SEPARATE_TEMPERATURE
     )
-    return dataclasses.replace(
-        lhm, diagnostics={**lhm.diagnostics, "phi": "separate", "posterior_flow_khat": khat}
-    )
+    return tagged(lhm, phi="separate", posterior_flow_khat=khat)
 
 
 def _differ(a: EvidenceResult, b: EvidenceResult) -> str:
@@ -485,8 +487,7 @@ def _run_model(
     with timings.phase("summary"):
         theta = np.asarray(posterior.to_theta(jnp.asarray(chains.flat_samples)))
         summary = _summary(posterior, theta)
-    warnings = tuple(imp.warnings) + tuple(lhm.warnings) + (quad.warnings if quad else ())
-    warnings += quad_warnings
+    warnings = tuple(imp.warnings) + tuple(lhm.warnings) + quad_warnings
     status, reason = _status(lhm, imp, float(np.max(chains.rhat)), fit.khat, quad)
     outcome = ModelOutcome(
         name=model.name,
@@ -513,14 +514,15 @@ def _run_model(
 
 def _quadrature(fit: PosteriorFit) -> tuple[EvidenceResult | None, tuple[str, ...]]:
     """The quadrature estimate of a refit fit (one parameter: the grid in z; two: in the
-    flow's latent space, where the integrand is close to a standard normal), or None and a
-    warning where the grid fails (a check only: the model does not fail with it)."""
+    flow's latent space, where the integrand is close to a standard normal) and its warnings,
+    or None and a warning where the grid fails (a check only: the model does not fail)."""
     bijection = fit.flow.bijection if fit.posterior.n_dim > 1 else None
     draws = fit.z[: fit.n_flow_draws]
     try:
-        return estimate_evidence_quadrature(fit.posterior, draws, bijection=bijection), ()
+        quad = estimate_evidence_quadrature(fit.posterior, draws, bijection=bijection)
     except ParameterError as exc:
         return None, (f"no quadrature estimate: {exc}",)
+    return quad, quad.warnings
 
 
 class _ModelFailure(PtaflowError):
