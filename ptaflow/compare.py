@@ -36,13 +36,13 @@ is reported with its reason while the others complete.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import pathlib
 import tempfile
 from collections.abc import Callable, Sequence
 
-import jax
 import numpy as np
 
 from .data.free_spectrum import load_free_spectrum_densities
@@ -72,7 +72,6 @@ from .models import PRESETS, SourceModel, load_model
 from .profiling import PhaseTimes
 from .results import (
     json_text,
-    load_posterior,
     provenance,
     save_posterior,
     write_bytes_atomic,
@@ -80,6 +79,7 @@ from .results import (
     write_json_atomic,
 )
 from .settings import CompareSettings
+from .sidecar import Sidecar
 
 __all__ = [
     "CompareSettings",
@@ -313,69 +313,143 @@ def compare(
     loaded, reference = _load_models(resolve_models(models), settings.reference)
     out = _writable_folder(out_dir) if out_dir is not None else None
     data_id = data_identity(settings)  # full mode: opens and checks the reduced data
-    say_all = log or (lambda _msg: None)
-    outcomes: list[ModelOutcome] = []
-    noise_only = None  # full mode: the models share the noise-only model of their data
-    previous = None  # full mode: the last fit, whose flow may start the next model's
-    for i, model in enumerate(loaded, 1):
-
-        def say(msg, _i=i, _name=model.name):
-            say_all(f"[{_i}/{len(loaded)}] {_name}: {msg}")
-
-        key = model_key(model, settings, data_id)
-        record = out / "models" / f"{model.name}.json" if out is not None else None
-        if record is not None and (done := _load_record(record, key)) is not None:
-            say("already done with the same inputs; skipped")
-            outcomes.append(done)
-            continue
-        try:
-            model = load_model(model.path)  # the numerical checks of the spectrum
-        except ModelError as exc:
-            say(f"failed: {exc}")
-            outcomes.append(ModelOutcome(name=model.name, status="failed", reason=str(exc)))
-            continue
-        timings = PhaseTimes()
-        run = evaluate_model(
-            model,
-            settings,
-            key=key,
-            log=say,
-            timings=timings,
-            noise_only=noise_only,
-            previous=previous,
-        )
-        if settings.mode == "full":
-            # Full mode shares no compiled code between models (the flow's training step
-            # holds the model's likelihood); refit mode keeps the flow code for the next.
-            release_compiled_code()
-        if run.fit is not None:
-            noise_only = run.fit.noise_only or noise_only
-            previous = run.fit
-        if record is not None and run.fit is not None:
-            with timings.phase("write"):
-                h5 = out / "models" / f"{model.name}.h5"
-                save_posterior(run.fit.to_result(comparison_key=key), h5)
-            run = dataclasses.replace(
-                run, outcome=dataclasses.replace(run.outcome, phase_times=timings.to_dict())
-            )
-            write_json_atomic(
-                record,
-                {"format": _RECORD_FORMAT, "outcome": run.outcome.to_dict(), "data": data_id},
-            )
-        outcomes.append(run.outcome)
-        if out is not None and run.traceback:
-            write_bytes_atomic(out / "models" / f"{model.name}.error.txt", run.traceback.encode())
-    table = Comparison(tuple(outcomes), reference, settings, str(out) if out else None)
-    if out is not None:
-        models_by_name = {m.name: m for m in loaded}
-        _write_outputs(table, out, models_by_name, data_id, plots, say_all)
+    keys = [model_key(m, settings, data_id) for m in loaded]
+    done = [
+        _load_record(out / "models" / f"{m.name}.json", k) if out is not None else None
+        for m, k in zip(loaded, keys, strict=True)
+    ]
+    to_fit = [m for m, d in zip(loaded, done, strict=True) if d is None]
+    figures = out is not None and plots
+    # The helper process checks the models after the first while that one fits, and draws
+    # each model's figures while the next fits (`ptaflow.sidecar`).
+    with Sidecar(parallel=None if len(to_fit) > 1 or figures else False) as side:
+        run = _Run(settings, out, data_id, side, figures, log or (lambda _msg: None))
+        for m in to_fit[1:]:
+            run.checks[m.name] = side.submit("check", model=str(m.path))
+        table = run.models(loaded, keys, done, reference)
+        if out is not None:
+            _write_outputs(table, out, data_id, run if figures else None, run.say)
     if settings.mode == "refit":
         release_compiled_code()
     return table
 
 
+@dataclasses.dataclass
+class _Run:
+    """What a comparison carries from model to model: settings, output folder, data
+    identity, the helper process and its pending requests (model checks, figures)."""
+
+    settings: CompareSettings
+    out: pathlib.Path | None
+    data_id: dict
+    side: Sidecar
+    figures: bool
+    say: Callable[[str], None]
+    checks: dict[str, int] = dataclasses.field(default_factory=dict)
+    drawn: dict[str, tuple[int, str, str]] = dataclasses.field(default_factory=dict)
+
+    @functools.cached_property
+    def context(self) -> str:
+        """The figures' second title line."""
+        return comparison_context(self.settings, self.data_id)
+
+    def checked(self, model: SourceModel) -> SourceModel:
+        """The model after its numerical checks (the helper's verdict where it gave one for
+        this version of the file; ModelError where they fail)."""
+        i = self.checks.pop(model.name, None)
+        answer = self.side.reply(i) if i is not None else None
+        if answer is not None:
+            stat = pathlib.Path(model.path).stat()
+            if answer["status"] == "invalid":
+                raise ModelError(answer["message"])
+            if answer["stat"] == [stat.st_mtime_ns, stat.st_size]:
+                return load_model(model.path, validate=False)
+        return load_model(model.path)
+
+    def queue_figures(self, model: SourceModel, key: str) -> None:
+        """Hand the model's figures (corner plot, spectrum draws) to the helper."""
+        if not self.figures:
+            return
+        args = {"out": str(self.out), "name": model.name, "model": str(model.path), "key": key}
+        i = self.side.submit("figures", **args, context=self.context, n_freq=self.settings.n_freq)
+        self.drawn[model.name] = (i, str(model.path), key)
+
+    def figure(self, name: str) -> np.ndarray | str | None:
+        """Model `name`'s spectrum draws (its corner plot written), or why it has none."""
+        if name not in self.drawn:
+            return None
+        i, path, key = self.drawn[name]
+        answer = self.side.reply(i)
+        if answer is None:  # no helper, or it failed here: draw it in this process
+            from .plots.comparison import model_figure
+
+            return model_figure(self.out, name, path, key, self.context, self.settings.n_freq)
+        if answer["status"] == "skipped":
+            return answer["message"]
+        return np.load(answer["draws"])
+
+    def models(self, loaded, keys, done, reference) -> Comparison:
+        """Fit and evaluate the models in turn (those done with the same inputs are read
+        back), writing each record as it finishes and queueing its figures."""
+        settings, out = self.settings, self.out
+        outcomes: list[ModelOutcome] = []
+        noise_only = None  # full mode: the models share the noise-only model of their data
+        previous = None  # full mode: the last fit, whose flow may start the next model's
+        for i, (model, key, finished) in enumerate(zip(loaded, keys, done, strict=True), 1):
+
+            def say(msg, _i=i, _name=model.name):
+                self.say(f"[{_i}/{len(loaded)}] {_name}: {msg}")
+
+            if finished is not None:
+                say("already done with the same inputs; skipped")
+                outcomes.append(finished)
+                self.queue_figures(model, key)
+                continue
+            try:
+                model = self.checked(model)  # the numerical checks of the spectrum
+            except ModelError as exc:
+                say(f"failed: {exc}")
+                outcomes.append(ModelOutcome(name=model.name, status="failed", reason=str(exc)))
+                continue
+            timings = PhaseTimes()
+            run = evaluate_model(
+                model,
+                settings,
+                key=key,
+                log=say,
+                timings=timings,
+                noise_only=noise_only,
+                previous=previous,
+            )
+            if settings.mode == "full":
+                # Full mode shares no compiled code between models (the flow's training step
+                # holds the model's likelihood); refit mode keeps the flow code for the next.
+                release_compiled_code()
+            if run.fit is not None:
+                noise_only = run.fit.noise_only or noise_only
+                previous = run.fit
+            if out is not None and run.fit is not None:
+                with timings.phase("write"):
+                    h5 = out / "models" / f"{model.name}.h5"
+                    save_posterior(run.fit.to_result(comparison_key=key), h5)
+                run = dataclasses.replace(
+                    run, outcome=dataclasses.replace(run.outcome, phase_times=timings.to_dict())
+                )
+                record = {"outcome": run.outcome.to_dict(), "data": self.data_id}
+                write_json_atomic(
+                    out / "models" / f"{model.name}.json", {"format": _RECORD_FORMAT, **record}
+                )
+                if run.outcome.ok:
+                    self.queue_figures(model, key)
+            outcomes.append(run.outcome)
+            if out is not None and run.traceback:
+                error = out / "models" / f"{model.name}.error.txt"
+                write_bytes_atomic(error, run.traceback.encode())
+        return Comparison(tuple(outcomes), reference, settings, str(out) if out else None)
+
+
 def _write_outputs(
-    table: Comparison, out: pathlib.Path, models: dict, data_id, plots: bool, log
+    table: Comparison, out: pathlib.Path, data_id, figures: _Run | None, log
 ) -> None:
     import h5py
 
@@ -405,8 +479,8 @@ def _write_outputs(
                 f.create_dataset(col, data=np.array(values, dtype=float))
     write_bytes_atomic(out / "comparison.h5", tmp.read_bytes())
     tmp.unlink()
-    if plots:
-        _plots(table, out, models, log, comparison_context(table.settings, data_id))
+    if figures is not None:
+        _plots(table, out, figures, log)
 
 
 def comparison_context(settings: CompareSettings, data_id: dict | None = None) -> str:
@@ -449,38 +523,28 @@ def plot_comparison_bayes_factors(
     return True
 
 
-def _plots(table: Comparison, out: pathlib.Path, models: dict, log, context: str = "") -> None:
+def _plots(table: Comparison, out: pathlib.Path, figures: _Run, log) -> None:
     """Bayes factors, one corner plot per finished model and the spectra overlay, from the
-    posteriors saved in out/models (those of models finished in an earlier run included)."""
-    from .plots import plot_corner, plot_spectrum, spectrum_draws
+    posteriors saved in out/models (those of models finished in an earlier run included;
+    `figures` holds the per-model part, drawn by the helper process or here)."""
+    from .plots import plot_spectrum
 
+    context = figures.context
     plot_comparison_bayes_factors(table, out / "bayes_factors.png", context=context)
-    dens = load_free_spectrum_densities()
     spectra = {}
     for o in table.outcomes:
-        if not o.ok:
-            continue
-        path = out / "models" / f"{o.name}.h5"
-        result = load_posterior(path) if path.is_file() else None
-        if result is None or result.provenance.get("comparison_key") != o.key:
-            log(f"{o.name}: {path} does not hold this model's posterior; not plotted")
-            continue
-        model = models[o.name]
-        theta = result.resampled(jax.random.key(0), 4000).samples
-        theta = theta[:, [result.param_names.index(n) for n in model.param_names]]
-        labels = result.latex_labels or {}
-        plot_corner(
-            [theta],
-            param_names=model.param_names,
-            labels=[o.name],
-            latex_labels={n: labels[n] for n in model.param_names if n in labels},
-            context=context,
-            path=out / f"corner_{o.name}.png",
-        )
-        spectra[o.name] = spectrum_draws(
-            model, theta, dens.freqs[: table.settings.n_freq], dens.tspan
-        )
+        got = figures.figure(o.name) if o.ok else None
+        if isinstance(got, str):
+            log(f"{o.name}: {got}")
+        elif got is not None:
+            spectra[o.name] = got
+    if figures.side.note:
+        log(f"{figures.side.note}; figures drawn in this process")
     if spectra:
         plot_spectrum(
-            spectra, dens, n_freq=table.settings.n_freq, context=context, path=out / "spectra.png"
+            spectra,
+            load_free_spectrum_densities(),
+            n_freq=table.settings.n_freq,
+            context=context,
+            path=out / "spectra.png",
         )
