@@ -16,6 +16,8 @@ Modules:
   the free-spectrum densities.
 - `ptaflow.plots.bayes_factors`: `plot_bayes_factors`, ln B bars against a reference model.
 - `ptaflow.plots.losses`: `plot_losses`, flow training curves.
+- `ptaflow.plots.comparison`: `model_figure`, one model's corner plot and spectrum draws in a
+  comparison (run by its helper process, `ptaflow.sidecar`).
 
 Import the functions from `ptaflow.plots` itself.
 """
