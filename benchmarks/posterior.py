@@ -60,6 +60,11 @@ def _parse(argv):
         type=int,
         help="flow training: stop refining after this many rounds without a better pool ESS",
     )
+    p.add_argument(
+        "--init",
+        choices=("laplace", "prior"),
+        help="flow training: the start (TrainConfig.init; default TrainConfig's)",
+    )
     p.add_argument("--flow-samples", type=int, default=50000)
     p.add_argument(
         "--flow-family", choices=("maf", "coupling"), help="flow architecture (FlowConfig.family)"
@@ -350,6 +355,7 @@ def _case(args, correlation) -> dict:
             "min_delta": args.min_delta,
             "refine_rounds": args.refine_rounds,
             "refine_patience": args.refine_patience,
+            "init": args.init,
         }
         cfg = TrainConfig(
             max_steps=args.steps,

@@ -495,4 +495,3 @@ def test_every_figure_has_a_title_with_the_context(densities):
     # without a context: a neutral one-line title; dollar signs in the context stay literal
     assert plots.plot_losses(x[:, 0]).get_suptitle() == "Flow training"
     assert plots.plot_losses(x[:, 0], context="cost: $5").get_suptitle().endswith(r"cost: \$5")
-

@@ -102,7 +102,7 @@ def test_the_defaults_are_valid_and_full_mode_fills_in_its_own():
     assert TrainConfig(devices="all") and TrainConfig(devices=2).devices == 2
     refit, full = CompareSettings(), CompareSettings(mode="full")
     assert refit.train is None and refit.flow is None and refit.temperature is None
-    assert (full.train, full.flow) == (TrainConfig(), FlowConfig())
+    assert (full.train, full.flow) == (TrainConfig(init="prior"), FlowConfig())
     assert (full.harmonic_flow, full.temperature) == ("posterior", 0.7)
     # Refit mode: the temperature follows each model's dimension (`refit_configs`).
     assert CompareSettings(harmonic_flow="posterior").temperature is None

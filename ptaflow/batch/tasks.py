@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ParameterError
 from ..identity import derived_seed, file_digest, result_key, settings_identity
-from ..settings import CompareSettings, FlowConfig, TrainConfig
+from ..settings import FULL_TRAIN, CompareSettings, FlowConfig
 
 if TYPE_CHECKING:
     from .spec import DatasetSpec, JobSpec, VariantSpec
@@ -74,7 +74,7 @@ def _task_settings(
 ):
     """The CompareSettings of one task (validated by the dataclasses themselves)."""
     where = f"data set {ds.name!r}, variant {variant.name!r}"
-    base_train = TrainConfig(init="prior") if ds.mode == "refit" else TrainConfig()
+    base_train = FULL_TRAIN  # the defaults started from prior draws, as both modes start
     train_opts, flow_opts = {**job.train, **variant.train}, {**job.flow, **variant.flow}
     try:
         # Refit mode without [train] / [flow] options: the defaults by model dimension

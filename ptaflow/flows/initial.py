@@ -19,7 +19,9 @@ def _prior_init(key, target, config: TrainConfig):
     if not hasattr(target, "sample_prior"):
         raise ParameterError("TrainConfig.init='prior' needs a ptaflow Posterior as the target")
     z = target.to_unconstrained(target.sample_prior(key, config.prior_draws))
-    log_like = target_parts(target, np.asarray(z))[0]
+    # Over the training's devices, as the refinement pools and importance samples are: one
+    # compiled evaluation serves all three.
+    log_like = target_parts(target, np.asarray(z), devices=config.devices)[0]
     log_like = np.where(np.isfinite(log_like), log_like, -np.inf)
 
     def ess(beta):
