@@ -358,12 +358,11 @@ class _Run:
         this version of the file; ModelError where they fail)."""
         i = self.checks.pop(model.name, None)
         answer = self.side.reply(i) if i is not None else None
-        if answer is not None:
-            stat = pathlib.Path(model.path).stat()
+        stat = pathlib.Path(model.path).stat()
+        if answer is not None and answer["stat"] == [stat.st_mtime_ns, stat.st_size]:
             if answer["status"] == "invalid":
                 raise ModelError(answer["message"])
-            if answer["stat"] == [stat.st_mtime_ns, stat.st_size]:
-                return load_model(model.path, validate=False)
+            return load_model(model.path, validate=False)
         return load_model(model.path)
 
     def queue_figures(self, model: SourceModel, key: str) -> None:

@@ -55,9 +55,9 @@ class Sidecar:
         answer = side.reply(i)   # {"status": ...}, or None: do the work here
         side.close()
 
-    Requests: "check" (model=path): the model's numerical checks; its answer has status "ok"
-    with the file's `stat` ([mtime_ns, size]) as checked, or "invalid" with the
-    `ModelError` message. "figures" (the arguments of
+    Requests: "check" (model=path): the model's numerical checks; its answer has status "ok",
+    or "invalid" with the `ModelError` message, and the file's `stat` ([mtime_ns, size]) as
+    checked. "figures" (the arguments of
     `ptaflow.plots.comparison.model_figure`): status "ok" with the spectrum draws in the .npy
     file `draws`, or "skipped" with the reason no figure was drawn.
 
@@ -161,11 +161,12 @@ def _check(model: str) -> dict:
 
     path = pathlib.Path(model)
     stat = path.stat()
+    checked = [stat.st_mtime_ns, stat.st_size]  # the version of the file the verdict is for
     try:
         load_model(path)
     except ModelError as exc:
-        return {"status": "invalid", "message": str(exc)}
-    return {"status": "ok", "stat": [stat.st_mtime_ns, stat.st_size]}
+        return {"status": "invalid", "message": str(exc), "stat": checked}
+    return {"status": "ok", "stat": checked}
 
 
 def _figures(reply: pathlib.Path, **args) -> dict:
