@@ -308,17 +308,17 @@ class TrainConfig:
                 )
 
 
-#: CompareSettings fields that only full mode uses.
 #: Full mode's training options in a comparison (`CompareSettings`, batch job files): the
 #: defaults, with the flow started at tempered prior-draw moments. Measured on the 10-pulsar
 #: power law (22 parameters, two cores), against the Laplace start: CURN 855 instead of 1455
-#: reverse-KL steps, the whole model 117.9 s instead of 177.7 s, weighted max 1-D Hellinger
-#: 0.038 against the NUTS reference (Laplace: 0.037-0.039), khat 0.55-0.60 (0.51); HD 155 /
-#: 166 s (two seeds) instead of 208 s, ln Z within 0.9 sigma of the Laplace start's, khat
-#: 0.66-0.67 (0.49). The prior draws' likelihoods use the compiled evaluation that the
-#: refinement and the importance samples use afterwards; the Laplace search compiles its own.
+#: reverse-KL steps, the whole model 126.7 s instead of 179.2 s, weighted max 1-D Hellinger
+#: 0.038 against the NUTS reference (Laplace: 0.037-0.039), khat 0.55-0.60 (0.51); HD 171.8 s
+#: instead of 217.7 s, ln Z within 0.9 sigma of the Laplace start's, khat 0.67 (0.49). The
+#: prior draws' likelihoods use the compiled evaluation that the refinement and the
+#: importance samples use afterwards; the Laplace search compiles its own.
 FULL_TRAIN = TrainConfig(init="prior")
 
+#: CompareSettings fields that only full mode uses.
 _FULL_MODE_ONLY = ("data", "pulsars", "correlation", "n_rn", "n_gw")
 
 

@@ -74,7 +74,7 @@ def _task_settings(
 ):
     """The CompareSettings of one task (validated by the dataclasses themselves)."""
     where = f"data set {ds.name!r}, variant {variant.name!r}"
-    base_train = FULL_TRAIN  # the defaults started from prior draws, as both modes start
+    base_train = FULL_TRAIN  # both modes start their flows from prior draws
     train_opts, flow_opts = {**job.train, **variant.train}, {**job.flow, **variant.flow}
     try:
         # Refit mode without [train] / [flow] options: the defaults by model dimension
