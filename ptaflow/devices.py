@@ -29,10 +29,24 @@ from jax.sharding import Mesh, PartitionSpec
 from .errors import ParameterError
 from .settings import DEVICES_RULE, _check
 
-__all__ = ["use_cpu_cores", "check_devices", "device_mesh", "map_rows", "release_compiled_code"]
+__all__ = [
+    "usable_cores",
+    "use_cpu_cores",
+    "check_devices",
+    "device_mesh",
+    "map_rows",
+    "release_compiled_code",
+]
 
 #: Name of the mesh axis along which batches are split.
 AXIS = "batch"
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS reports one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def use_cpu_cores(n: int | None = None) -> int:
@@ -50,7 +64,7 @@ def use_cpu_cores(n: int | None = None) -> int:
             number of CPU devices.
     """
     if n is None:
-        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        n = usable_cores()
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ParameterError(f"use_cpu_cores: n={n!r}; expected a positive integer")
     try:

@@ -30,20 +30,15 @@ import tempfile
 import time
 from collections.abc import Callable
 
-__all__ = ["Sidecar", "usable_cores"]
+from .devices import usable_cores
+from .results import write_bytes_atomic
+
+__all__ = ["Sidecar"]
 
 #: Seconds `Sidecar.reply` waits for one answer before the caller does the work itself.
 WAIT_S = 600.0
 #: Seconds between looks for a reply file.
 _POLL_S = 0.005
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 class Sidecar:
@@ -182,14 +177,8 @@ def _figures(reply: pathlib.Path, **args) -> dict:
     draws = reply.with_suffix(".npy")
     buf = io.BytesIO()
     np.save(buf, np.asarray(got))
-    _write_atomic(draws, buf.getvalue())
+    write_bytes_atomic(draws, buf.getvalue())
     return {"status": "ok", "draws": str(draws)}
-
-
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 _HANDLERS: dict[str, Callable[..., dict]] = {
@@ -211,7 +200,7 @@ def _serve(lines) -> None:
             raise
         except BaseException as exc:  # the caller does this piece itself
             answer = {"status": "error", "message": f"{type(exc).__name__}: {exc}"}
-        _write_atomic(reply, json.dumps(answer).encode())
+        write_bytes_atomic(reply, json.dumps(answer).encode())
 
 
 def _cache_dir() -> str:
