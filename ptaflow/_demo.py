@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import time
 
+import equinox as eqx
+import jax
 import numpy as np
 
+from ._paths import DATA_DIR
 from .constants import YEAR_S
+from .data import load_reduced
+from .likelihood import make_likelihood, make_refit_likelihood
 
 
 def _rate(fn, thetas, min_seconds: float = 1.0) -> tuple[float, float]:
@@ -23,14 +28,7 @@ def _rate(fn, thetas, min_seconds: float = 1.0) -> tuple[float, float]:
 
 def run_demo(n_psr: int = 10, batch: int = 1024, seed: int = 0) -> None:
     """Print ln L of CURN and HD on the n_psr best NG15 pulsars and its batched speed."""
-    import equinox as eqx
-    import jax
-
     jax.config.update("jax_enable_x64", True)
-    from ._paths import DATA_DIR
-    from .data import load_reduced
-    from .likelihood import make_likelihood, make_refit_likelihood
-
     path = DATA_DIR / "ng15_48psr_reduced_k30.h5"
     full = load_reduced(path)
     reduced = full.best(n_psr)

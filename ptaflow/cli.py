@@ -7,7 +7,11 @@ import os
 import pathlib
 import sys
 
-from .errors import PtaflowError
+from .batch.cli import add_batch_commands
+from .errors import DataError, PtaflowError
+from .profiling import use_compilation_cache
+from .settings import CompareSettings, TrainConfig
+from .threads import limit_blas_threads
 
 __all__ = ["main", "EXIT_FLAGGED", "EXIT_FAILED"]
 
@@ -93,9 +97,7 @@ def _run_compare(args) -> int:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    from .compare import CompareSettings, compare
-    from .flows import TrainConfig
-    from .profiling import use_compilation_cache
+    from .compare import compare
 
     use_compilation_cache()  # PTAFLOW_JAX_CACHE=DIR or =off; default ~/.cache/ptaflow/jax
     # Options left out keep CompareSettings' defaults (so that refit mode, which refuses
@@ -154,7 +156,6 @@ def _add_reduce_command(sub) -> None:
 def _run_reduce(args) -> int:
     from .data import load_noise_dict, load_pulsars, reduce_pta, select_pulsars
     from .data.pulsars import _repeated_name
-    from .errors import DataError
 
     names = args.names
     if names and (twice := _repeated_name(names)) is not None:
@@ -271,8 +272,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare_command(sub)
     _add_reduce_command(sub)
     _add_models_commands(sub)
-    from .batch.cli import add_batch_commands
-
     add_batch_commands(sub)
     return parser
 
@@ -289,8 +288,6 @@ def _single_threaded_blas() -> None:
         return
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
     if "scipy" in sys.modules:  # called from a process that has loaded OpenBLAS already
-        from .threads import limit_blas_threads
-
         limit_blas_threads()
 
 

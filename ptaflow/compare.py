@@ -69,6 +69,8 @@ from .evaluation import (
 )
 from .identity import settings_identity
 from .models import PRESETS, SourceModel, load_model
+from .plots import figure_context, plot_bayes_factors, plot_spectrum
+from .plots.comparison import model_figure
 from .profiling import PhaseTimes
 from .results import (
     json_text,
@@ -380,8 +382,6 @@ class _Run:
         i, path, key = self.drawn[name]
         answer = self.side.reply(i)
         if answer is None:  # no helper, or it failed here: draw it in this process
-            from .plots.comparison import model_figure
-
             return model_figure(self.out, name, path, key, self.context, self.settings.n_freq)
         if answer["status"] == "skipped":
             return answer["message"]
@@ -484,8 +484,6 @@ def _write_outputs(
 
 def comparison_context(settings: CompareSettings, data_id: dict | None = None) -> str:
     """What a comparison's figures show (data, mode, correlation, pulsars), for their titles."""
-    from .plots import figure_context
-
     data_id = data_identity(settings) if data_id is None else data_id
     if settings.mode == "refit":
         name = pathlib.Path(str(data_id["densities"])).name
@@ -504,8 +502,6 @@ def plot_comparison_bayes_factors(
     """Bar chart of a comparison's ln B (harmonic mean, importance sampling beside it) with
     errors, every model with its status (flagged hatched, failed marked); returns False
     (nothing written) if no model has a finite ln B."""
-    from .plots import plot_bayes_factors
-
     rows = table.rows()
     if not any(math.isfinite(r["ln_B"]) for r in rows):
         return False
@@ -526,8 +522,6 @@ def _plots(table: Comparison, out: pathlib.Path, figures: _Run, log) -> None:
     """Bayes factors, one corner plot per finished model and the spectra overlay, from the
     posteriors saved in out/models (those of models finished in an earlier run included;
     `figures` holds the per-model part, drawn by the helper process or here)."""
-    from .plots import plot_spectrum
-
     context = figures.context
     plot_comparison_bayes_factors(table, out / "bayes_factors.png", context=context)
     spectra = {}

@@ -2,17 +2,8 @@
 
 Two estimators, each returning an immutable `EvidenceResult`:
 
-* `estimate_evidence_harmonic`: the learned harmonic mean (McEwen et al. 2021,
-  arXiv:2111.12720; Polanska et al. 2024, arXiv:2405.05969). From samples theta_i of the
-  true posterior and their unnormalised log posterior ln(L pi), with a normalised density
-  phi that is contained in the posterior,
-
-      1/Z = E_post[phi(theta) / (L(theta) pi(theta))] ~ (1/N) sum_i phi(theta_i) / (L pi)(theta_i).
-
-  phi is a masked-autoregressive rational-quadratic-spline flow (flowjax) fitted by maximum
-  likelihood to one part of the samples and evaluated on the other, with its standard-normal
-  base concentrated to variance T < 1 ("temperature") so that its tails are lighter than
-  the posterior's.
+* `estimate_evidence_harmonic`: the learned harmonic mean with a concentrated normalizing
+  flow, described in "Learned harmonic mean" below.
 * `estimate_evidence_importance`: importance sampling Z = mean(L pi / q) over theta_i ~ q
   (e.g. a variational flow), with the Pareto-k and effective-sample-size diagnostics of
   `ptaflow.diagnostics`.
@@ -21,6 +12,58 @@ Both need the prior to be normalised and, when the samples live in an unconstrai
 the log target to include the log-Jacobian of the map (as `Posterior.log_prob` does); then
 the evidence is the same in either space. All logs are natural. The estimators never
 switch JAX's float64 mode on; bookkeeping is done in NumPy float64 whatever JAX's mode.
+
+Learned harmonic mean
+---------------------
+McEwen et al. 2021, arXiv:2111.12720, Sec. 3-4; Polanska et al. 2024, arXiv:2405.05969,
+Sec. 2-3. From samples theta_i of the true posterior and their unnormalised log posterior
+ln(L pi), with a normalised density phi that is contained in the posterior,
+
+    1/Z = E_post[phi(theta) / (L(theta) pi(theta))] ~ (1/N) sum_i phi(theta_i) / (L pi)(theta_i).
+
+phi is a rational-quadratic-spline flow (flowjax; masked autoregressive by default,
+`HARMONIC_FLOW`) fitted by maximum likelihood to one part of the samples and evaluated on
+the other, with its standard-normal base concentrated to variance T < 1 ("temperature") so
+that its tails are lighter than the posterior's. `estimate_evidence_harmonic` takes five
+steps:
+
+1. Split the samples: with chains (3-D `samples` or `chain_ids`) the first
+   round(train_fraction * n_chains) chains train and the others evaluate, one block per
+   chain; otherwise the first train_fraction of the samples (a contiguous part, so
+   correlated MCMC draws stay apart) trains and the rest is cut into `n_blocks` contiguous
+   blocks.
+2. Standardise with the training part: u = C^-1 (x - m), m its mean and C the Cholesky
+   factor of its covariance (whiten=True; the flow then only has to learn departures from a
+   unit Gaussian, which halves the error in 30-D tests) or diag(standard deviations)
+   (whiten=False).
+3. Fit the flow (spline on [-interval, interval] in standardised units, identity outside)
+   to the training part by maximum likelihood (`flowjax.train.fit_to_data`, early stopping
+   on a validation fraction `val_prop`, keeping the best validation loss).
+4. Concentrate it: the standard normal base becomes N(0, T I). Then
+   ln phi(x) = ln phi_u(C^-1 (x - m)) - ln|det C| is normalised in the samples' space.
+5. With ln r_i = ln phi(x_i) - log_target_i on the evaluation samples, each block j gives
+   rho_j = mean_j(r) and the estimate is rho = sum_j w_j rho_j = mean(r), w_j = n_j / N,
+   computed with logsumexp. Its variance is sum_j w_j (rho_j - rho)^2 / (n_eff - 1) with
+   n_eff = N^2 / sum_j n_j^2 (the papers' formula), and the error on ln Z = -ln rho is
+   sqrt(var) / rho.
+
+With `flow` given (a normalised flowjax flow on the samples' space with a standard-normal
+base, e.g. the variational posterior flow of `ptaflow.inference.fit_posterior`), steps 1-3
+are skipped: that flow, concentrated to temperature T, is phi, and every sample (chain)
+evaluates. The estimator stays valid as long as the samples are independent of how the flow
+was trained (e.g. chains whose proposals are fresh draws of the flow); a flow that matches
+the posterior well makes the terms nearly constant (for an exact flow their relative
+variance is (2T - T^2)^(-n_dim/2) - 1, 0.5 % per dimension at T = 0.9).
+
+Reliability checks (each failing one adds a warning; numbers go to `diagnostics`): n_eff
+(blocks) < min_blocks; Kish ESS of the terms r_i < min_ess; Pareto khat of the terms r_i
+above 0.5 (the terms have infinite variance: phi's tails reach beyond the posterior's); an
+extreme upper spread of ln r, max - median > ln N (one term outweighs N median ones; the low
+side of the range is harmless, since samples where phi is tiny contribute nothing, and it is
+wide whenever the posterior has heavier tails than the flow, e.g. near a prior boundary in
+unconstrained coordinates); and, when `log_target_fn` is given, containment:
+`n_containment` draws from phi must not fall below the evaluation samples' 1 % log_target
+quantile more often than 1 % (beyond a 3-sigma binomial allowance).
 """
 
 from __future__ import annotations
@@ -50,12 +93,21 @@ __all__ = [
     "EvidenceResult",
     "estimate_evidence_importance",
     "estimate_evidence_harmonic",
+    "HARMONIC_FLOW",
 ]
 
 # The evaluation samples' log-target quantile that draws from phi are compared with in the
 # containment check: a phi inside the posterior puts at most this fraction below it.
 _CONTAINMENT_QUANTILE = 0.01
 _LOG_PROB_CHUNK = 32768  # samples per flow evaluation (bounds memory for large sample sets)
+
+#: Architecture of the learned harmonic mean's flow phi when `estimate_evidence_harmonic` is
+#: given no `flow_config` (spline interval in standardised units). The small flow (2 layers of
+#: width 32) generalises better from a few thousand samples: in the 30-D Gaussian test a
+#: 4 x 64 flow overfitted and doubled the error.
+HARMONIC_FLOW = FlowConfig(
+    family="maf", flow_layers=2, nn_width=32, nn_depth=1, knots=8, interval=5.0
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -382,11 +434,7 @@ def estimate_evidence_harmonic(
     temperature: float = 0.9,
     train_fraction: float = 0.5,
     whiten: bool = True,
-    flow_layers: int = 2,
-    nn_width: int = 32,
-    nn_depth: int = 1,
-    knots: int = 8,
-    interval: float = 5.0,
+    flow_config: FlowConfig | None = None,
     learning_rate: float = 1e-3,
     max_epochs: int = 200,
     max_patience: int = 10,
@@ -400,48 +448,8 @@ def estimate_evidence_harmonic(
 ) -> EvidenceResult:
     """Evidence by the learned harmonic mean with a concentrated normalizing flow.
 
-    Steps (McEwen et al. 2021, arXiv:2111.12720, Sec. 3-4; Polanska et al. 2024,
-    arXiv:2405.05969, Sec. 2-3):
-
-    1. Split the samples: with chains (3-D `samples` or `chain_ids`) the first
-       round(train_fraction * n_chains) chains train and the others evaluate, one block per
-       chain; otherwise the first train_fraction of the samples (a contiguous part, so
-       correlated MCMC draws stay apart) trains and the rest is cut into `n_blocks`
-       contiguous blocks.
-    2. Standardise with the training part: u = C^-1 (x - m), m its mean and C the Cholesky
-       factor of its covariance (whiten=True; the flow then only has to learn departures
-       from a unit Gaussian, which halves the error in 30-D tests) or diag(standard
-       deviations) (whiten=False).
-    3. Fit a masked-autoregressive rational-quadratic-spline flow (spline on
-       [-interval, interval] in standardised units, identity outside) to the training part
-       by maximum likelihood (`flowjax.train.fit_to_data`, early stopping on a validation
-       fraction `val_prop`, keeping the best validation loss).
-    4. Concentrate it: the standard normal base becomes N(0, T I). Then
-       ln phi(x) = ln phi_u(C^-1 (x - m)) - ln|det C| is normalised in the samples' space.
-    5. With ln r_i = ln phi(x_i) - log_target_i on the evaluation samples, each block j
-       gives rho_j = mean_j(r) and the estimate is rho = sum_j w_j rho_j = mean(r), w_j =
-       n_j / N, computed with logsumexp. Its variance is sum_j w_j (rho_j - rho)^2 /
-       (n_eff - 1) with n_eff = N^2 / sum_j n_j^2 (the papers' formula), and the error on
-       ln Z = -ln rho is sqrt(var) / rho.
-
-    With `flow` given (a normalised flowjax flow on the samples' space with a standard-normal
-    base, e.g. the variational posterior flow of `ptaflow.inference.fit_posterior`), steps 1-3
-    are skipped: that flow, concentrated to temperature T, is phi, and every sample (chain)
-    evaluates. The estimator stays valid as long as the samples are independent of how the
-    flow was trained (e.g. chains whose proposals are fresh draws of the flow); a flow that
-    matches the posterior well makes the terms nearly constant (for an exact flow their
-    relative variance is (2T - T^2)^(-n_dim/2) - 1, 0.5 % per dimension at T = 0.9).
-
-    Reliability checks (each failing one adds a warning; numbers go to `diagnostics`):
-    n_eff (blocks) < min_blocks; Kish ESS of the terms r_i < min_ess; Pareto khat of the
-    terms r_i above 0.5 (the terms have infinite variance: phi's tails reach beyond the
-    posterior's); an extreme upper spread of ln r, max - median > ln N (one term outweighs
-    N median ones; the low side of the range is harmless, since samples where phi is tiny
-    contribute nothing, and it is wide whenever the posterior has heavier tails than the
-    flow, e.g. near a prior boundary in unconstrained coordinates); and, when
-    `log_target_fn` is given, containment: `n_containment` draws from phi must not fall
-    below the evaluation samples' 1 % log_target quantile more often than 1 % (beyond a
-    3-sigma binomial allowance).
+    The method (McEwen et al. 2021; Polanska et al. 2024), its five steps, the variant with a
+    given `flow` and the reliability checks: module docstring, "Learned harmonic mean".
 
     Args:
         key: JAX PRNG key; the result is deterministic for a given key.
@@ -455,38 +463,29 @@ def estimate_evidence_harmonic(
         temperature: Variance T of the flow's base distribution (T < 1 concentrates phi).
         train_fraction: Fraction of the samples (or chains) used to fit the flow.
         whiten: Standardise with the full covariance (True) or per parameter (False).
-        flow_layers: Number of masked-autoregressive layers. The small default (2 layers of
-            width 32) generalises better from a few thousand samples: in the 30-D Gaussian
-            test a 4 x 64 flow overfitted and doubled the error.
-        nn_width: Width of each conditioner network.
-        nn_depth: Hidden layers of each conditioner network.
-        knots: Inner knots of each rational-quadratic spline.
-        interval: Half-width of the spline interval, in standardised units.
-        learning_rate: Adam learning rate.
-        max_epochs: Maximum training epochs.
-        max_patience: Epochs without validation improvement before stopping.
-        batch_size: Training batch size.
-        val_prop: Fraction of the training part held out for early stopping.
+        flow_config: Architecture of the fitted flow (`FlowConfig`; its spline interval is in
+            standardised units); None: `HARMONIC_FLOW`, 2 autoregressive layers of width 32.
+        learning_rate, max_epochs, max_patience, batch_size, val_prop: Adam learning rate,
+            maximum training epochs, epochs without validation improvement before stopping,
+            batch size, and the fraction of the training part held out for early stopping.
         log_target_fn: Optional pure-JAX callable (n_dim,) -> scalar giving log_target at a
             point, for the containment check.
         n_containment: Number of draws from phi for the containment check (sampling the
             autoregressive flow costs n_dim sequential passes: ~n_dim times a log_prob).
         min_ess: Warn when the Kish ESS of the terms r_i is below this.
         min_blocks: Warn when n_eff (chains or blocks) is below this.
-        flow: Optional normalised flow to concentrate instead of fitting one (see above);
-            train_fraction, whiten and the flow and training options are then unused.
+        flow: Optional normalised flow to concentrate instead of fitting one; train_fraction,
+            whiten and the flow and training options are then unused.
 
     Returns:
         EvidenceResult with method "harmonic". diagnostics: temperature, n_train, n_eval,
-        n_blocks, n_eff_blocks, log_inverse_evidence, khat (of the terms), ess_fraction,
-        log_ratio_min, log_ratio_max, log_ratio_range, log_ratio_upper_spread, flow_epochs,
-        flow_val_loss (without `flow`) and, with log_target_fn, containment_fraction and
-        containment_limit.
+        n_blocks, n_eff_blocks, log_inverse_evidence, khat and ess_fraction (of the terms),
+        log_ratio_min/_max/_range/_upper_spread, flow_epochs and flow_val_loss (fitted flow)
+        or flow="given", and, with log_target_fn, containment_fraction and containment_limit.
 
     Raises:
-        ParameterError: inconsistent shapes, non-finite inputs, too few samples or chains
-            for the split, a parameter with zero spread (singular covariance), or invalid
-            options.
+        ParameterError: inconsistent shapes, non-finite inputs, too few samples or chains for
+            the split, a parameter with zero spread (singular covariance), invalid options.
     """
     start = time.perf_counter()
     if not temperature > 0:
@@ -496,40 +495,19 @@ def estimate_evidence_harmonic(
     x_train, x_all, lt_all, blocks = _split(
         samples, log_target, chain_ids, n_blocks, None if flow is not None else train_fraction
     )
-    x_eval = x_all[np.concatenate(blocks)]
-    lt_eval = lt_all[np.concatenate(blocks)]
-    key_flow, key_fit, key_check = jax.random.split(key, 3)
+    x_eval, lt_eval = x_all[np.concatenate(blocks)], lt_all[np.concatenate(blocks)]
+    keys = jax.random.split(key, 3)  # flow initialisation, its fit, draws from phi
     if flow is not None:
-        log_phi, draws = _given_phi(flow, x_eval, temperature, key_check, int(n_containment))
+        log_phi, draws = _given_phi(flow, x_eval, temperature, keys[2], int(n_containment))
         n_train, extra = 0, {"flow": "given"}
     else:
-        config = FlowConfig(
-            family="maf",
-            flow_layers=int(flow_layers),
-            nn_width=int(nn_width),
-            nn_depth=int(nn_depth),
-            knots=int(knots),
-            interval=float(interval),
-        )
-        training = {
-            "learning_rate": learning_rate,
-            "max_epochs": max_epochs,
-            "patience": max_patience,
-            "batch_size": batch_size,
-            "val_fraction": val_prop,
-        }
         log_phi, draws, extra = _fitted_phi(
-            (key_flow, key_fit, key_check), x_train, x_eval, temperature, whiten, config,
-            training, int(n_containment),
+            keys, x_train, x_eval, temperature, whiten, flow_config or HARMONIC_FLOW,
+            int(n_containment), learning_rate=learning_rate, max_epochs=max_epochs,
+            patience=max_patience, batch_size=batch_size, val_fraction=val_prop,
         )  # fmt: skip
         n_train = int(x_train.shape[0])
-    log_ratio = log_phi - lt_eval
-    if not np.all(np.isfinite(log_ratio)):
-        raise ParameterError(
-            "the flow density is not finite at some evaluation samples; "
-            "check the samples for extreme outliers"
-        )
-    diagnostics, warnings = _harmonic_checks(log_ratio, blocks, min_ess, min_blocks)
+    diagnostics, warnings = _harmonic_checks(log_phi - lt_eval, blocks, min_ess, min_blocks)
     if log_target_fn is not None:
         _containment(diagnostics, warnings, lt_eval, draws(), log_target_fn, n_containment)
     return EvidenceResult(
@@ -574,10 +552,11 @@ def _given_phi(flow, x_eval: np.ndarray, temperature: float, key, n_containment:
     return log_phi, draws
 
 
-def _fitted_phi(keys, x_train, x_eval, temperature, whiten, config, training, n_containment):
+def _fitted_phi(keys, x_train, x_eval, temperature, whiten, config, n_containment, **training):
     """ln phi at the evaluation samples for a flow of `config` fitted by maximum likelihood
-    (`training` options) to the standardised training part and concentrated to
-    `temperature`; a function drawing `n_containment` points from phi; the fit's numbers."""
+    (`training`: keywords of `fit_maximum_likelihood`) to the standardised training part and
+    concentrated to `temperature`; a function drawing `n_containment` points from phi; the
+    fit's numbers."""
     key_flow, key_fit, key_check = keys
     n_dim = x_eval.shape[1]
     shift, chol, log_jac = _standardisation(x_train, whiten)
@@ -601,6 +580,11 @@ def _harmonic_checks(log_ratio: np.ndarray, blocks, min_ess: float, min_blocks: 
     """The estimate from ln r = ln phi - ln(L pi) at the evaluation samples (in block order),
     its error from the blocks' spread, and the checks on the terms: (diagnostics, warnings).
     diagnostics carries "log_evidence_err" and "ess" for the result's own fields."""
+    if not np.all(np.isfinite(log_ratio)):
+        raise ParameterError(
+            "the flow density is not finite at some evaluation samples; "
+            "check the samples for extreme outliers"
+        )
     sizes = np.array([b.size for b in blocks], dtype=np.float64)
     n_eval = int(sizes.sum())
     bounds = np.concatenate([[0], np.cumsum(sizes).astype(int)])

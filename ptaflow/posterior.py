@@ -14,10 +14,15 @@ where the density
 
 integrates to the evidence Z = int L pi dtheta (the prior is normalised and the Jacobian of
 the map is included), so evidences computed in z space are evidences of the model.
+
+`AbstractPosterior` is what the flow fits (`ptaflow.flows`) need of such a target: the two
+parts of log_prob (tempering scales the first), prior draws and the map to z. `Posterior` is
+its implementation for PTA models.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import pathlib
 from collections.abc import Sequence
@@ -44,6 +49,7 @@ __all__ = [
     "RN_LOG10_A_PRIOR",
     "RN_GAMMA_PRIOR",
     "DEFAULT_REDUCED",
+    "AbstractPosterior",
     "Posterior",
     "make_posterior",
     "make_refit_posterior",
@@ -56,7 +62,36 @@ RN_LOG10_A_PRIOR = Uniform(-20.0, -11.0, latex=r"\log_{10} A_\mathrm{RN}")
 RN_GAMMA_PRIOR = Uniform(0.0, 7.0, latex=r"\gamma_\mathrm{RN}")
 
 
-class Posterior(eqx.Module):
+class AbstractPosterior(eqx.Module):
+    """Interface of a posterior density on unconstrained z in R^n_dim, with its prior.
+
+    The flow fits take any subclass as their target (besides plain functions z -> ln p(z)):
+    they temper its likelihood part and start from its prior draws. `Posterior` is the final
+    implementation for PTA models; `log_prob` is defined here, once for all of them.
+    """
+
+    @abc.abstractmethod
+    def log_prob_parts(self, z):
+        """(ln L, ln pi + ln |det dtheta/dz|) at one unconstrained point z (n_dim,).
+
+        The two parts are separate so that a tempered target beta ln L + ln pi can be formed.
+        """
+
+    @abc.abstractmethod
+    def sample_prior(self, key, n: int):
+        """n draws of theta from the prior, (n, n_dim)."""
+
+    @abc.abstractmethod
+    def to_unconstrained(self, theta):
+        """Unconstrained z from physical parameters theta (inside the prior support)."""
+
+    def log_prob(self, z):
+        """ln L + ln pi + ln |det dtheta/dz| at one unconstrained point z (n_dim,)."""
+        log_like, log_rest = self.log_prob_parts(z)
+        return log_like + log_rest
+
+
+class Posterior(AbstractPosterior):
     """Unnormalised log-posterior with a normalised prior, on theta and on unconstrained z.
 
     Attributes:
@@ -124,17 +159,9 @@ class Posterior(eqx.Module):
         return self.prior.to_unconstrained(theta)
 
     def log_prob_parts(self, z):
-        """(ln L, ln pi + ln |det dtheta/dz|) at one unconstrained point z (n_dim,).
-
-        The two parts are separate so that a tempered target beta ln L + ln pi can be formed.
-        """
+        """(ln L, ln pi + ln |det dtheta/dz|) at one unconstrained point z (n_dim,)."""
         theta, log_det = self.prior.from_unconstrained(z)
         return self.likelihood(theta), self.prior.log_prob(theta) + log_det
-
-    def log_prob(self, z):
-        """ln L + ln pi + ln |det dtheta/dz| at one unconstrained point z (n_dim,)."""
-        log_like, log_rest = self.log_prob_parts(z)
-        return log_like + log_rest
 
     def log_prob_batch(self, zs, chunk_size: int | None = None, devices: int | str | None = None):
         """`log_prob` at many points, (n_samples, n_dim) -> (n_samples,); `chunk_size` and

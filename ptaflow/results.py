@@ -38,6 +38,7 @@ import jax
 import numpy as np
 
 from . import __version__
+from .data.pulsars import file_sha256
 from .errors import DataError, ParameterError, close_matches
 
 __all__ = [
@@ -290,8 +291,6 @@ def file_record(path: str | pathlib.Path) -> dict[str, Any]:
     Raises:
         DataError: the file does not exist.
     """
-    from .data import file_sha256  # data layer; imported here to keep this module light
-
     path = pathlib.Path(path)
     if not path.is_file():
         raise DataError(f"input file {path} does not exist")

@@ -1,18 +1,18 @@
-"""Exact posterior samples: NUTS and flow-preconditioned NUTS (NeuTra), importance resampling.
+"""Exact posterior samples: flow-preconditioned NUTS (NeuTra), importance resampling.
 
-The steps that turn approximate flow samples into exact ones (docs/design.md, section 3), and the
-NUTS sampler behind the plain-NUTS reference runs of `ptaflow.baselines.mcmc`. Every sampler
-works on a target `log_prob: (n_dim,) -> scalar`, a pure JAX function of an unconstrained
-point z in R^n_dim (for a PTA model, ln L + ln prior + the log-Jacobian of the map to R^n, as
-`ptaflow.posterior.Posterior.log_prob`).
+The steps that turn approximate flow samples into exact ones (docs/design.md, section 3), and
+the compiled NUTS chains that the plain-NUTS reference runs of `ptaflow.baselines.mcmc` share.
+Every sampler works on a target `log_prob: (n_dim,) -> scalar`, a pure JAX function of an
+unconstrained point z in R^n_dim (for a PTA model, ln L + ln prior + the log-Jacobian of the
+map to R^n, as `ptaflow.posterior.Posterior.log_prob`).
 
-- `run_nuts`: the No-U-Turn Sampler (Hoffman & Gelman 2014, JMLR 15, 1593) from numpyro, with
-  step size and (dense or diagonal) mass matrix adapted during warmup.
-- `run_neutra`: NeuTra (Hoffman et al. 2019, arXiv:1903.03704): NUTS on the latent space u of
-  a normalizing flow z = T(u), on the density log p(u) = log_prob(T(u)) + ln|det dT/du|. The
-  chain targets exactly the push-back of the posterior for any bijection T, so the flow only
-  preconditions: a good flow makes the latent posterior close to N(0, I), and NUTS then needs
-  few leapfrog steps per effectively independent sample.
+- `run_neutra`: NeuTra (Hoffman et al. 2019, arXiv:1903.03704): the No-U-Turn Sampler
+  (Hoffman & Gelman 2014, JMLR 15, 1593) from numpyro, with step size and (dense or diagonal)
+  mass matrix adapted during warmup, on the latent space u of a normalizing flow z = T(u), on
+  the density log p(u) = log_prob(T(u)) + ln|det dT/du|. The chain targets exactly the
+  push-back of the posterior for any bijection T, so the flow only preconditions: a good flow
+  makes the latent posterior close to N(0, I), and NUTS then needs few leapfrog steps per
+  effectively independent sample.
 - `importance_resample`: multinomial resampling of weighted draws (e.g. flow samples weighted
   by posterior / flow density).
 
@@ -47,7 +47,6 @@ from .errors import ParameterError
 
 __all__ = [
     "McmcResult",
-    "run_nuts",
     "run_neutra",
     "importance_resample",
 ]
@@ -72,7 +71,7 @@ class McmcResult:
             included, all chains.
         num_steps_warmup: The part of `num_steps` spent in warmup.
         wall_time_s: Wall-clock duration of the call [s], compilation included.
-        method: "nuts" or "neutra".
+        method: "nuts" (`ptaflow.baselines.mcmc.run_nuts`) or "neutra".
         settings: The options the sampler ran with.
     """
 
@@ -366,87 +365,6 @@ def _result(run: dict, samples, log_prob, t0: float, method: str, settings: dict
     )
 
 
-def run_nuts(
-    key: jax.Array,
-    log_prob: Callable[[jax.Array], jax.Array],
-    init,
-    *,
-    num_chains: int = 4,
-    num_warmup: int = 1000,
-    num_samples: int = 1000,
-    target_accept: float = 0.8,
-    dense_mass: bool = True,
-    max_tree_depth: int = 10,
-    chain_method: str = "vectorized",
-    init_jitter: float = 0.1,
-    progress_bar: bool = False,
-) -> McmcResult:
-    """Sample a target density over R^n_dim with NUTS (Hoffman & Gelman 2014).
-
-    numpyro's NUTS kernel on the potential energy -log_prob(z). Warmup adapts the step size
-    (dual averaging to `target_accept`) and the mass matrix (windowed, as Stan).
-
-    Args:
-        key: JAX PRNG key; the same key gives identical samples.
-        log_prob: Pure JAX target log-density, (n_dim,) -> scalar, up to a constant.
-        init: Starting point(s): shape (num_chains, n_dim), one per chain, or (n_dim,),
-            which is copied to every chain with N(0, init_jitter^2) noise drawn from `key`.
-        num_chains: Number of independent chains.
-        num_warmup: Adaptation transitions per chain (discarded).
-        num_samples: Kept transitions per chain (at least 4, for split R-hat).
-        target_accept: Target mean acceptance statistic of step-size adaptation, in (0, 1).
-        dense_mass: Adapt a dense (True) or diagonal (False) mass matrix.
-        max_tree_depth: Largest NUTS tree depth (at most 2^depth - 1 leapfrog steps/draw).
-        chain_method: "vectorized" (all chains in one vmapped program: every transition
-            costs the deepest tree of any chain), "sequential", or "parallel" (over the local
-            devices, sequential on each; see `ptaflow.devices` for CPU cores).
-        init_jitter: Standard deviation of the jitter added to a single `init` (units of z).
-        progress_bar: Show a tqdm progress bar.
-
-    Returns:
-        An `McmcResult` with method "nuts".
-
-    Raises:
-        ParameterError: For a bad option, an `init` of the wrong shape or non-finite, a
-            `log_prob` that does not map (n_dim,) to a scalar, or a start where it is not
-            finite.
-    """
-    t0 = time.perf_counter()
-    opts = _make_options(
-        num_chains,
-        num_warmup,
-        num_samples,
-        target_accept,
-        dense_mass,
-        max_tree_depth,
-        chain_method,
-        progress_bar,
-    )
-    if not (math.isfinite(init_jitter) and init_jitter >= 0):
-        raise ParameterError(f"init_jitter must be finite and >= 0; got {init_jitter!r}.")
-    dtype = jnp.result_type(float)
-    init = jnp.asarray(init, dtype=dtype)
-    if init.ndim not in (1, 2) or (init.ndim == 2 and init.shape[0] != opts.num_chains):
-        raise ParameterError(
-            f"init must have shape (n_dim,) or (num_chains, n_dim) = ({opts.num_chains}, "
-            f"n_dim); got {init.shape}."
-        )
-    if init.shape[-1] == 0:
-        raise ParameterError("init must have at least one dimension (n_dim >= 1); got 0.")
-    if not bool(jnp.all(jnp.isfinite(init))):
-        raise ParameterError(f"init must be finite; got {np.asarray(init)}.")
-    n_dim = init.shape[-1]
-    _check_log_prob(log_prob, n_dim, dtype)
-    key_jitter, key_run = jax.random.split(key)
-    if init.ndim == 1:
-        init = init + init_jitter * jax.random.normal(key_jitter, (opts.num_chains, n_dim), dtype)
-    _check_finite_start(log_prob, init, "log_prob(init)")
-
-    run = _sample(key_run, log_prob, init, opts)
-    settings = dataclasses.asdict(opts) | {"init_jitter": float(init_jitter)}
-    return _result(run, run["z"], run["log_density"], t0, "nuts", settings)
-
-
 def run_neutra(
     key: jax.Array,
     log_prob: Callable[[jax.Array], jax.Array],
@@ -475,8 +393,16 @@ def run_neutra(
         log_prob: Pure JAX target log-density over z, (n_dim,) -> scalar, up to a constant.
         flow: An unconditional flowjax `Transformed` distribution of shape (n_dim,) (a base
             distribution and a bijection), e.g. one trained by `ptaflow.flows`.
-        num_chains, num_warmup, num_samples, target_accept, dense_mass, max_tree_depth,
-        chain_method, progress_bar: As in `run_nuts` (they act on the latent space u).
+        num_chains: Number of independent chains.
+        num_warmup: Adaptation transitions per chain (discarded).
+        num_samples: Kept transitions per chain (at least 4, for split R-hat).
+        target_accept: Target mean acceptance statistic of step-size adaptation, in (0, 1).
+        dense_mass: Adapt a dense (True) or diagonal (False) mass matrix on u.
+        max_tree_depth: Largest NUTS tree depth (at most 2^depth - 1 leapfrog steps/draw).
+        chain_method: "vectorized" (all chains in one vmapped program: every transition
+            costs the deepest tree of any chain), "sequential", or "parallel" (over the local
+            devices, sequential on each; see `ptaflow.devices` for CPU cores).
+        progress_bar: Show a tqdm progress bar.
 
     Returns:
         An `McmcResult` with method "neutra"; samples, log_prob, R-hat and ESS are those of

@@ -20,6 +20,8 @@ the same code, so the results are those of a run without it.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import pathlib
@@ -30,7 +32,12 @@ import tempfile
 import time
 from collections.abc import Callable
 
+import numpy as np
+
 from .devices import usable_cores
+from .errors import ModelError
+from .models import load_model
+from .plots.comparison import model_figure
 from .results import write_bytes_atomic
 
 __all__ = ["Sidecar"]
@@ -89,6 +96,10 @@ class Sidecar:
         except OSError as exc:
             self.note = f"the helper process did not start ({exc})"
             self._proc = None
+            return
+        if hasattr(os, "setpriority"):  # the lowest priority from the start, imports included
+            with contextlib.suppress(OSError):  # (the helper lowers its own priority as well)
+                os.setpriority(os.PRIO_PROCESS, self._proc.pid, 19)
 
     @property
     def running(self) -> bool:
@@ -151,9 +162,6 @@ class Sidecar:
 
 
 def _check(model: str) -> dict:
-    from .errors import ModelError
-    from .models import load_model
-
     path = pathlib.Path(model)
     stat = path.stat()
     checked = [stat.st_mtime_ns, stat.st_size]  # the version of the file the verdict is for
@@ -165,12 +173,6 @@ def _check(model: str) -> dict:
 
 
 def _figures(reply: pathlib.Path, **args) -> dict:
-    import io
-
-    import numpy as np
-
-    from .plots.comparison import model_figure
-
     got = model_figure(**args)
     if isinstance(got, str):
         return {"status": "skipped", "message": got}

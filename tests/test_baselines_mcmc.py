@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from test_sampling import COV, MEAN, N_DIM, N_SAMPLES, N_WARMUP, assert_moments, gaussian_log_prob
 
-from ptaflow.baselines.mcmc import combine_chains
+from ptaflow.baselines.mcmc import combine_chains, run_nuts
 from ptaflow.errors import ParameterError
-from ptaflow.sampling import run_nuts
 
 
 def _two_chain_run(seed, log_prob=gaussian_log_prob, **kwargs):

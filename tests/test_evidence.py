@@ -14,6 +14,7 @@ from scipy import special, stats
 
 from ptaflow.errors import ParameterError
 from ptaflow.evidence import (
+    HARMONIC_FLOW,
     EvidenceResult,
     estimate_evidence_harmonic,
     estimate_evidence_importance,
@@ -305,8 +306,10 @@ def test_harmonic_chains_blocks_and_determinism():
         evaluation.sum() ** 2 / np.sum(evaluation**2)
     )
     assert result.n_samples == evaluation.sum()
-    # the same key gives the same answer
-    again = estimate_evidence_harmonic(jax.random.key(0), x, log_target, chain_ids=ids)
+    # the same key gives the same answer, and no flow_config means HARMONIC_FLOW
+    again = estimate_evidence_harmonic(
+        jax.random.key(0), x, log_target, chain_ids=ids, flow_config=HARMONIC_FLOW
+    )
     assert again.log_evidence == result.log_evidence
     assert again.log_evidence_err == result.log_evidence_err
 

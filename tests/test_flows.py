@@ -37,6 +37,7 @@ from ptaflow.flows import (
     reset_coordinates,
     save_flow,
 )
+from ptaflow.posterior import AbstractPosterior
 
 MEAN = np.array([1.0, -2.0, 0.5])
 COV = np.array([[1.0, 0.6, 0.0], [0.6, 2.0, -0.3], [0.0, -0.3, 0.25]])
@@ -233,8 +234,8 @@ def test_forward_kl_alone_fits_a_banana_stops_early_and_shares_compiled_code():
     assert traces["b"] == 0
 
 
-class _TwoModes(eqx.Module):
-    """A duck-typed posterior for the annealed refinement: prior N(0, 3^2) per coordinate of
+class _TwoModes(AbstractPosterior):
+    """A posterior for the annealed refinement: prior N(0, 3^2) per coordinate of
     z (the identity map to theta) and a likelihood of two equal, narrow Gaussian bumps at
     x0 = -/+2.5 (sd 0.1, 50 sd apart). The prior is symmetric, so each mode holds exactly
     half of the posterior."""

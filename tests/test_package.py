@@ -195,3 +195,16 @@ def test_the_command_line_runs_openblas_single_threaded_unless_told_otherwise(mo
     from threadpoolctl import threadpool_info
 
     assert {i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"} == {1}
+
+
+def test_the_command_line_loads_no_blas_before_it_limits_it():
+    # OpenBLAS reads OPENBLAS_NUM_THREADS once, when NumPy or SciPy loads it: the modules the
+    # `ptaflow` command imports before main() sets it must load neither (nor JAX).
+    out = _run_python(
+        """
+        import sys
+        import ptaflow.cli
+        print(sorted(m for m in ("jax", "numpy", "scipy") if m in sys.modules))
+        """
+    )
+    assert out.strip() == "[]"

@@ -22,8 +22,9 @@ from flowjax.flows import masked_autoregressive_flow
 from numpyro.diagnostics import effective_sample_size
 from scipy import special
 
+from ptaflow.baselines.mcmc import run_nuts
 from ptaflow.errors import ParameterError
-from ptaflow.sampling import McmcResult, importance_resample, run_neutra, run_nuts
+from ptaflow.sampling import McmcResult, importance_resample, run_neutra
 
 N_DIM = 5
 N_CHAINS = 4

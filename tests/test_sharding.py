@@ -181,7 +181,7 @@ except ParameterError as exc:
 out["likelihood"] = lik
 
 # NUTS chains spread over the devices: 6 chains on 3 of the 4 devices (the most that divide 6).
-from ptaflow.sampling import run_nuts
+from ptaflow.baselines.mcmc import run_nuts
 
 chains = {}
 for method in ("sequential", "parallel"):

@@ -7,11 +7,17 @@ the flow but the target, in the same unconstrained coordinates z:
     both = combine_chains([ref, more])          # parts of one long run, R-hat over all chains
     result = mcmc_result(posterior, both)       # ptaflow.results.PosteriorResult in theta
 
-The sampler is `ptaflow.sampling.run_nuts` (numpyro's NUTS, Hoffman & Gelman 2014); R-hat and
-ESS are the rank-normalised ones of `ptaflow.diagnostics.rhat_and_ess` (Vehtari et al. 2021).
+The sampler is `run_nuts` (numpyro's NUTS, Hoffman & Gelman 2014), on the compiled chains
+that NeuTra (`ptaflow.sampling.run_neutra`) runs too; R-hat and ESS are the rank-normalised
+ones of `ptaflow.diagnostics.rhat_and_ess` (Vehtari et al. 2021).
 """
 
 from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -21,9 +27,97 @@ from ..diagnostics import rhat_and_ess
 from ..errors import ParameterError
 from ..posterior import Posterior
 from ..results import PosteriorResult, provenance
-from ..sampling import McmcResult, run_nuts
+from ..sampling import (
+    McmcResult,
+    _check_finite_start,
+    _check_log_prob,
+    _make_options,
+    _result,
+    _sample,
+)
 
-__all__ = ["nuts_baseline", "combine_chains", "mcmc_result"]
+__all__ = ["run_nuts", "nuts_baseline", "combine_chains", "mcmc_result"]
+
+
+def run_nuts(
+    key: jax.Array,
+    log_prob: Callable[[jax.Array], jax.Array],
+    init,
+    *,
+    num_chains: int = 4,
+    num_warmup: int = 1000,
+    num_samples: int = 1000,
+    target_accept: float = 0.8,
+    dense_mass: bool = True,
+    max_tree_depth: int = 10,
+    chain_method: str = "vectorized",
+    init_jitter: float = 0.1,
+    progress_bar: bool = False,
+) -> McmcResult:
+    """Sample a target density over R^n_dim with NUTS (Hoffman & Gelman 2014).
+
+    numpyro's NUTS kernel on the potential energy -log_prob(z). Warmup adapts the step size
+    (dual averaging to `target_accept`) and the mass matrix (windowed, as Stan).
+
+    Args:
+        key: JAX PRNG key; the same key gives identical samples.
+        log_prob: Pure JAX target log-density, (n_dim,) -> scalar, up to a constant.
+        init: Starting point(s): shape (num_chains, n_dim), one per chain, or (n_dim,),
+            which is copied to every chain with N(0, init_jitter^2) noise drawn from `key`.
+        num_chains: Number of independent chains.
+        num_warmup: Adaptation transitions per chain (discarded).
+        num_samples: Kept transitions per chain (at least 4, for split R-hat).
+        target_accept: Target mean acceptance statistic of step-size adaptation, in (0, 1).
+        dense_mass: Adapt a dense (True) or diagonal (False) mass matrix.
+        max_tree_depth: Largest NUTS tree depth (at most 2^depth - 1 leapfrog steps/draw).
+        chain_method: "vectorized" (all chains in one vmapped program: every transition
+            costs the deepest tree of any chain), "sequential", or "parallel" (over the local
+            devices, sequential on each; see `ptaflow.devices` for CPU cores).
+        init_jitter: Standard deviation of the jitter added to a single `init` (units of z).
+        progress_bar: Show a tqdm progress bar.
+
+    Returns:
+        An `McmcResult` with method "nuts".
+
+    Raises:
+        ParameterError: For a bad option, an `init` of the wrong shape or non-finite, a
+            `log_prob` that does not map (n_dim,) to a scalar, or a start where it is not
+            finite.
+    """
+    t0 = time.perf_counter()
+    opts = _make_options(
+        num_chains,
+        num_warmup,
+        num_samples,
+        target_accept,
+        dense_mass,
+        max_tree_depth,
+        chain_method,
+        progress_bar,
+    )
+    if not (math.isfinite(init_jitter) and init_jitter >= 0):
+        raise ParameterError(f"init_jitter must be finite and >= 0; got {init_jitter!r}.")
+    dtype = jnp.result_type(float)
+    init = jnp.asarray(init, dtype=dtype)
+    if init.ndim not in (1, 2) or (init.ndim == 2 and init.shape[0] != opts.num_chains):
+        raise ParameterError(
+            f"init must have shape (n_dim,) or (num_chains, n_dim) = ({opts.num_chains}, "
+            f"n_dim); got {init.shape}."
+        )
+    if init.shape[-1] == 0:
+        raise ParameterError("init must have at least one dimension (n_dim >= 1); got 0.")
+    if not bool(jnp.all(jnp.isfinite(init))):
+        raise ParameterError(f"init must be finite; got {np.asarray(init)}.")
+    n_dim = init.shape[-1]
+    _check_log_prob(log_prob, n_dim, dtype)
+    key_jitter, key_run = jax.random.split(key)
+    if init.ndim == 1:
+        init = init + init_jitter * jax.random.normal(key_jitter, (opts.num_chains, n_dim), dtype)
+    _check_finite_start(log_prob, init, "log_prob(init)")
+
+    run = _sample(key_run, log_prob, init, opts)
+    settings = dataclasses.asdict(opts) | {"init_jitter": float(init_jitter)}
+    return _result(run, run["z"], run["log_density"], t0, "nuts", settings)
 
 
 def nuts_baseline(
@@ -40,7 +134,7 @@ def nuts_baseline(
     """Plain NUTS (dense mass matrix) on the same z-space target: the MCMC reference.
 
     Chains start from independent prior draws (or `init`, (num_chains, n_dim) in z).
-    `chain_method` as in `ptaflow.sampling.run_nuts` ("parallel": over the local devices).
+    `chain_method` as in `run_nuts` ("parallel": over the local devices).
     """
     key_init, key_run = jax.random.split(jax.random.key(seed))
     if init is None:

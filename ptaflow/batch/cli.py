@@ -4,6 +4,18 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import ParameterError
+from . import (
+    executors,
+    format_status,
+    load_job,
+    load_manifest,
+    plan,
+    report,
+    run_task,
+    task_states,
+)
+
 
 def add_batch_commands(sub) -> None:
     p = sub.add_parser(
@@ -79,8 +91,6 @@ def _retries(value: str) -> int:
 
 
 def _run(args) -> int:
-    from . import executors, load_job, plan, report, task_states
-
     job = load_job(args.job)
     kind = args.executor or job.executor.kind
     tasks = plan(job)
@@ -107,8 +117,6 @@ def _run(args) -> int:
 
 
 def _status(args) -> int:
-    from . import format_status, load_job, load_manifest, task_states
-
     job = load_job(args.job)
     _, tasks = load_manifest(job.out_dir)
     print(format_status(task_states(job.out_dir, tasks)))
@@ -116,8 +124,6 @@ def _status(args) -> int:
 
 
 def _report(args) -> int:
-    from . import load_job, report
-
     job = load_job(args.job)
     rep = report(job.out_dir, plots=not args.no_plots)
     print(rep)
@@ -126,11 +132,7 @@ def _report(args) -> int:
 
 
 def _run_task(args) -> int:
-    from ..errors import ParameterError
-    from . import load_manifest, run_task
-    from .executors import tie_to_parent
-
-    if not tie_to_parent():
+    if not executors.tie_to_parent():
         print("the batch run that started this task has ended; not running it")
         return 1
     _x64()

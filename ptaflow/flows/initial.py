@@ -6,7 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..diagnostics import importance_ess
 from ..errors import ParameterError
+from ..posterior import AbstractPosterior
 from ..settings import TrainConfig
 from .construction import laplace_approximation, make_flow
 from .targets import target_parts
@@ -16,27 +18,30 @@ __all__ = ["initial_flow"]
 
 def _prior_init(key, target, config: TrainConfig):
     """Weighted mean/cov of prior draws at the largest beta with `prior_ess` effective draws."""
-    if not hasattr(target, "sample_prior"):
+    if not isinstance(target, AbstractPosterior):
         raise ParameterError("TrainConfig.init='prior' needs a ptaflow Posterior as the target")
     z = target.to_unconstrained(target.sample_prior(key, config.prior_draws))
     # Over the training's devices, as the refinement pools and importance samples are: one
     # compiled evaluation serves all three.
     log_like = target_parts(target, np.asarray(z), devices=config.devices)[0]
-    log_like = np.where(np.isfinite(log_like), log_like, -np.inf)
+    finite = np.isfinite(log_like)  # a draw where ln L is not finite has weight 0
+    log_like = np.where(finite, log_like, 0.0)
+
+    def log_weights(beta):
+        return np.where(finite, beta * log_like, -np.inf)
 
     def ess(beta):
-        lw = beta * log_like
-        w = np.exp(lw - lw.max())
-        return w.sum() ** 2 / (w**2).sum(), w
+        return importance_ess(log_weights(beta))
 
     lo, hi = 0.0, 1.0
-    if ess(1.0)[0] >= config.prior_ess:
+    if ess(1.0) >= config.prior_ess:
         lo = 1.0
     else:
         for _ in range(40):  # bisection on beta for ESS = prior_ess
             mid = 0.5 * (lo + hi)
-            lo, hi = (mid, hi) if ess(mid)[0] >= config.prior_ess else (lo, mid)
-    _, w = ess(lo)
+            lo, hi = (mid, hi) if ess(mid) >= config.prior_ess else (lo, mid)
+    lw = log_weights(lo)
+    w = np.exp(lw - lw.max())
     w = w / w.sum()
     zz = np.asarray(z)
     loc = w @ zz
@@ -53,13 +58,13 @@ def initial_flow(key_init, key_laplace, target, n_dim, flow_config, config, init
         loc, cov, beta_init = _prior_init(key_laplace, target, config)
     else:
         if init_points is None:
-            if hasattr(target, "sample_prior"):
+            if isinstance(target, AbstractPosterior):
                 init_points = target.to_unconstrained(
                     target.sample_prior(key_laplace, config.laplace_starts)
                 )
             else:
                 init_points = jax.random.normal(key_laplace, (config.laplace_starts, n_dim))
-        log_p = target.log_prob if hasattr(target, "log_prob_parts") else target
+        log_p = target.log_prob if isinstance(target, AbstractPosterior) else target
         loc, cov, _ = laplace_approximation(
             key_laplace, log_p, init_points, steps=config.laplace_steps
         )

@@ -1,9 +1,9 @@
 """Target evaluation at many points, in compiled chunks of one shape.
 
-A target is a `ptaflow.posterior.Posterior` (whose likelihood part tempering scales) or any
-function z -> ln p(z). Every evaluation of a target at many points (prior draws, refinement
-pools, importance samples, chains) goes through one compiled function of `TARGET_CHUNK` rows,
-so a target compiles once whatever the number of points.
+A target is a `ptaflow.posterior.Posterior` (or another `AbstractPosterior`; tempering scales
+its likelihood part) or any function z -> ln p(z). Every evaluation of a target at many points
+(prior draws, refinement pools, importance samples, chains) goes through one compiled function
+of `TARGET_CHUNK` rows, so a target compiles once whatever the number of points.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ import numpy as np
 
 from ..devices import device_mesh, fixed_chunks, map_rows
 from ..errors import ParameterError
+from ..posterior import AbstractPosterior
 
 __all__ = ["TARGET_CHUNK", "split_target", "target_parts"]
 
 
 def split_target(target) -> Callable:
-    """z -> (tempered part, untempered part); a Posterior tempers only its likelihood."""
-    if hasattr(target, "log_prob_parts"):
+    """z -> (tempered part, untempered part); a posterior tempers only its likelihood."""
+    if isinstance(target, AbstractPosterior):
         return target.log_prob_parts
     if callable(target):
         return lambda z: (target(z), jnp.zeros(()))

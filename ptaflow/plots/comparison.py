@@ -12,7 +12,14 @@ from __future__ import annotations
 import os
 import pathlib
 
+import jax
 import numpy as np
+
+from ..data.free_spectrum import load_free_spectrum_densities
+from ..models import load_model
+from ..results import load_posterior
+from .corner import plot_corner
+from .spectrum import spectrum_draws
 
 __all__ = ["SPECTRUM_DRAWS", "model_figure"]
 
@@ -28,14 +35,6 @@ def model_figure(
     free-spectrum frequencies ((SPECTRUM_DRAWS, n_freq), for `plot_spectrum`); or a message
     saying why nothing was drawn (no posterior file, or one that holds another run: its
     comparison key is not `key`). `context` is the figure's second title line."""
-    import jax
-
-    from ..data.free_spectrum import load_free_spectrum_densities
-    from ..models import load_model
-    from ..results import load_posterior
-    from .corner import plot_corner
-    from .spectrum import spectrum_draws
-
     out = pathlib.Path(out)
     path = out / "models" / f"{name}.h5"
     with jax.enable_x64(True):

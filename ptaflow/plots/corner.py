@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, MaxNLocator
 
+from ..diagnostics import importance_ess
 from ..errors import ParameterError, close_matches
 from .style import DPI, _colour, _plain, _save, _title
 
@@ -42,8 +43,12 @@ def ess_bins(n_eff: float) -> int:
     return int(np.clip(round(2.0 * n_eff ** (1.0 / 3.0)), 5, 50))
 
 
-def _kish_ess(n: int, w: np.ndarray | None) -> float:
-    return float(n) if w is None else float(w.sum() ** 2 / np.sum(w**2))
+def _n_eff(samples: np.ndarray, w: np.ndarray | None) -> float:
+    """Kish's effective sample size of a set of samples (their number when unweighted)."""
+    if w is None:
+        return float(samples.shape[0])
+    with np.errstate(divide="ignore"):  # a zero weight is a log weight of -inf
+        return importance_ess(np.log(w))
 
 
 def _weighted_quantiles(x: np.ndarray, w: np.ndarray | None, q: np.ndarray) -> np.ndarray:
@@ -137,7 +142,7 @@ def plot_corner(
     axis_labels = _axis_labels(latex_labels, names)
     truth_values = _truths(truths, names)
     if bins is None:
-        bins = ess_bins(min(_kish_ess(s.shape[0], w) for s, w in zip(sets, ws, strict=True)))
+        bins = ess_bins(min(_n_eff(s, w) for s, w in zip(sets, ws, strict=True)))
     elif not bins >= 1:
         raise ParameterError(f"bins={bins!r}: expected a positive number of bins or None")
     ranges = _shared_ranges(sets, ws, truth_values)
