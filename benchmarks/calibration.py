@@ -47,7 +47,9 @@ def _rms(values) -> float:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=None, help="default: the two-parameter seed10")
+    p.add_argument(
+        "--models", nargs="+", default=None, help="default: every built-in model of 1-2 parameters"
+    )
     p.add_argument("--seeds", type=int, default=20, help="seeds per model (fresh fits)")
     p.add_argument("--label", default="", help="free text copied into the lines")
     args = p.parse_args(argv)
@@ -59,11 +61,11 @@ def main(argv=None) -> None:
     jax.config.update("jax_enable_x64", True)
     import ptaflow
     from ptaflow.compare import CompareSettings, comparison_posterior, evaluate_model
-    from ptaflow.models import load_model, load_preset
+    from ptaflow.models import list_models, load_model
 
     ptaflow.limit_blas_threads()
     quadrature = _pipeline()._quadrature_log_z
-    names = args.models or [m.name for m in load_preset("seed10") if len(m.param_names) == 2]
+    names = args.models or [n for n in list_models() if len(load_model(n).param_names) <= 2]
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
@@ -93,7 +95,13 @@ def main(argv=None) -> None:
         runs = []
         for seed in range(args.seeds):
             outcome = evaluate_model(model, CompareSettings(seed=seed)).outcome
-            run = {"seed": seed, "status": outcome.status, "reason": outcome.reason}
+            run = {
+                "seed": seed,
+                "status": outcome.status,
+                "reason": outcome.reason,
+                "khat": outcome.khat,
+                "wall_s": round(outcome.wall_time_s, 2),
+            }
             for est, value, err in (
                 ("harmonic", outcome.log_z_harmonic, outcome.log_z_harmonic_err),
                 ("importance", outcome.log_z_importance, outcome.log_z_importance_err),
@@ -113,6 +121,8 @@ def main(argv=None) -> None:
             "rms_z_harmonic": _rms([r["z_harmonic"] for r in runs]),
             "rms_z_importance": _rms([r["z_importance"] for r in runs]),
             "flagged": sum(r["status"] != "ok" for r in runs),
+            "khat_max": max(r["khat"] for r in runs),
+            "khat_below_0_5": sum(r["khat"] < 0.5 for r in runs),
             "runs": runs,
             "wall_s": round(time.perf_counter() - t0, 2),
             "label": args.label,

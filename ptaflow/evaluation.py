@@ -34,8 +34,6 @@ from .models import SourceModel, load_model
 from .noise_only import NoiseOnlyPosterior
 from .posterior import Posterior, make_posterior, make_refit_posterior
 from .profiling import PhaseTimes
-from .quadrature import MAX_DIM as QUADRATURE_MAX_DIM
-from .quadrature import estimate_evidence_quadrature
 from .settings import CompareSettings, FlowConfig, TrainConfig
 
 __all__ = [
@@ -396,8 +394,12 @@ def _differ(a: EvidenceResult, b: EvidenceResult) -> str:
 def _status(lhm, imp, rhat: float, khat: float, quad=None) -> tuple[str, str]:
     """("ok", "") or ("flagged", why). With a quadrature estimate (`quad`), each sampling
     estimate must agree with it within 3 combined sigma; without one, the two sampling
-    estimates with each other. Then the exact chains must have R-hat <= 1.05 and the
-    importance weights Pareto khat < 0.7."""
+    estimates with each other. Then the exact chains must have R-hat <= 1.05 and, without a
+    quadrature, the importance weights Pareto khat < 0.7: khat stands in for a check of the
+    importance estimate where there is nothing exact to check it against. With one, the
+    weights are bounded by the grid's component (`ptaflow.inference.PriorComponent`) and
+    their khat (still reported) flagged 13 of 140 calibration fits whose estimates agreed
+    with the truth."""
     if quad is not None:
         for name, est in (("learned harmonic mean", lhm), ("importance sampling", imp)):
             if why := _differ(est, quad):
@@ -406,7 +408,7 @@ def _status(lhm, imp, rhat: float, khat: float, quad=None) -> tuple[str, str]:
         return "flagged", f"estimators differ by {why}"
     if rhat > 1.05:
         return "flagged", f"exact-sample chains R-hat {rhat:.3f}"
-    if not khat < 0.7:
+    if quad is None and not khat < 0.7:
         return "flagged", f"importance weights unreliable (Pareto khat {khat:.2f})"
     return "ok", ""
 
@@ -457,11 +459,11 @@ def _run_model(
     say(f"importance sampling: ESS {fit.ess:.0f} of {fit.z.shape[0]}, khat {fit.khat:.2f}")
     with timings.phase("evidence_importance"):
         imp = estimate_evidence_importance(fit.log_target, fit.log_q)
-    quad, quad_warnings = None, ()
-    if settings.mode == "refit" and posterior.n_dim <= QUADRATURE_MAX_DIM:
-        say("quadrature on a grid")
-        with timings.phase("evidence_quadrature"):
-            quad, quad_warnings = _quadrature(fit)
+    # Refit mode, one or two parameters: the quadrature behind the defensive component.
+    quad = fit.quadrature
+    quad_warnings = quad.warnings if quad is not None else ()
+    if fit.quadrature_failure:
+        quad_warnings = (f"no quadrature estimate: {fit.quadrature_failure}",)
     with timings.phase("exact_samples"):
         if settings.exact == "imh":
             say("exact samples (independence Metropolis-Hastings, flow proposals)")
@@ -510,19 +512,6 @@ def _run_model(
         phase_times=timings.to_dict(),
     )
     return outcome, fit
-
-
-def _quadrature(fit: PosteriorFit) -> tuple[EvidenceResult | None, tuple[str, ...]]:
-    """The quadrature estimate of a refit fit (one parameter: the grid in z; two: in the
-    flow's latent space, where the integrand is close to a standard normal) and its warnings,
-    or None and a warning where the grid fails (a check only: the model does not fail)."""
-    bijection = fit.flow.bijection if fit.posterior.n_dim > 1 else None
-    draws = fit.z[: fit.n_flow_draws]
-    try:
-        quad = estimate_evidence_quadrature(fit.posterior, draws, bijection=bijection)
-    except ParameterError as exc:
-        return None, (f"no quadrature estimate: {exc}",)
-    return quad, quad.warnings
 
 
 class _ModelFailure(PtaflowError):

@@ -25,11 +25,14 @@ not always trustworthy (`MAX_DIM`); the grid in z did not resolve those posterio
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 import time
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy import special
 
@@ -37,8 +40,15 @@ from .devices import fixed_chunks
 from .errors import ParameterError
 from .evidence import EvidenceResult
 from .flows.targets import TARGET_CHUNK, target_parts
+from .posterior import AbstractPosterior
 
-__all__ = ["MAX_POINTS", "MAX_DIM", "estimate_evidence_quadrature"]
+__all__ = [
+    "MAX_POINTS",
+    "MAX_DIM",
+    "GridDensity",
+    "estimate_evidence_quadrature",
+    "quadrature_grid",
+]
 
 #: Largest grid (points) `estimate_evidence_quadrature` takes by default.
 MAX_POINTS = 2**17
@@ -53,6 +63,10 @@ MAX_DIM = 2
 #: for a region 10^4 times the posterior's core.
 _LOG_RANGE = 25.0
 _MAX_WIDENINGS = 2
+#: Times the fine grid's box may grow beyond a face that carries more than `_EDGE_TOLERANCE`
+#: of the integral (each time doubling its span there).
+_MAX_GROWTHS = 3
+_EDGE_TOLERANCE = 1e-6
 #: Points per axis of the locating grid, by dimension.
 _COARSE = {1: 2001, 2: 65, 3: 33}
 
@@ -81,6 +95,16 @@ def _edge_fraction(lt: np.ndarray, log_total: float) -> float:
     inner = lt[tuple(slice(1, -1) for _ in range(lt.ndim))]
     log_inner = float(special.logsumexp(inner)) if inner.size else -math.inf
     return float(-np.expm1(min(0.0, log_inner - log_total)))
+
+
+def _face_fractions(lt: np.ndarray, log_total: float) -> np.ndarray:
+    """Fraction of exp(lt)'s sum on each face of the grid, shape (n_dim, 2): lower, upper."""
+    out = np.empty((lt.ndim, 2))
+    for axis in range(lt.ndim):
+        for side, end in enumerate((0, -1)):
+            face = np.take(lt, end, axis=axis)
+            out[axis, side] = math.exp(min(0.0, float(special.logsumexp(face)) - log_total))
+    return out
 
 
 def _checked(lt: np.ndarray) -> np.ndarray:
@@ -140,7 +164,8 @@ def estimate_evidence_quadrature(
     Returns:
         EvidenceResult with method "quadrature"; diagnostics: n_points, points_per_axis,
         box_lower, box_upper (the fine grid's box, per axis), widenings (of the locating
-        box), edge_fraction (of the integral on the fine grid's outermost layer),
+        box), growths (of the fine grid's box beyond a face that carried mass),
+        edge_fraction (of the integral on the fine grid's outermost layer),
         log_evidence_coarse (every other point), non_finite_fraction (fine-grid points where
         the target is -inf, outside the support: they count as zero).
 
@@ -148,6 +173,22 @@ def estimate_evidence_quadrature(
         ParameterError: too many dimensions, too few or non-finite samples, a NaN target on
             a grid, or no grid point with a finite target.
     """
+    return quadrature_grid(
+        log_target, samples, bijection=bijection, max_points=max_points, max_dim=max_dim
+    )[0]
+
+
+def quadrature_grid(
+    log_target,
+    samples,
+    *,
+    bijection=None,
+    max_points: int = MAX_POINTS,
+    max_dim: int = MAX_DIM,
+) -> tuple[EvidenceResult, GridDensity]:
+    """`estimate_evidence_quadrature`'s estimate and the grid's integrand as a density
+    (`GridDensity`: a proposal that holds whatever mass the grid resolved). Same arguments
+    and errors."""
     start = time.perf_counter()
     x = np.asarray(samples, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < 2:
@@ -171,10 +212,19 @@ def estimate_evidence_quadrature(
     span = np.maximum(hi - lo, 1e-6)
     lo, hi, widenings = _locate(evaluate, lo - span, hi + span, _COARSE.get(n_dim, 41))
     n_axis = _axis_points(n_dim, int(max_points))
-    axes = [np.linspace(a, b, n_axis) for a, b in zip(lo, hi, strict=True)]
-    lt = _checked(_grid_values(evaluate, axes))
-    log_volume = float(np.sum(np.log((hi - lo) / (n_axis - 1))))
-    log_z = _trapezoid_log_sum(lt, 1) + log_volume
+    for growths in range(_MAX_GROWTHS + 1):
+        axes = [np.linspace(a, b, n_axis) for a, b in zip(lo, hi, strict=True)]
+        lt = _checked(_grid_values(evaluate, axes))
+        log_volume = float(np.sum(np.log((hi - lo) / (n_axis - 1))))
+        log_z = _trapezoid_log_sum(lt, 1) + log_volume
+        faces = _face_fractions(lt, log_z - log_volume)
+        if not (faces > _EDGE_TOLERANCE).any() or growths == _MAX_GROWTHS:
+            break
+        # Mass on a face: the locating grid missed part of the posterior (a ridge thinner
+        # than its cells); the box doubles its span beyond each such face.
+        span = hi - lo
+        lo = np.where(faces[:, 0] > _EDGE_TOLERANCE, lo - span, lo)
+        hi = np.where(faces[:, 1] > _EDGE_TOLERANCE, hi + span, hi)
     log_z_coarse = _trapezoid_log_sum(lt, 2) + log_volume + n_dim * math.log(2.0)
     edge = _edge_fraction(lt, log_z - log_volume)
     # The two grids' difference, the edge's share, what the box leaves out (about e^-25 per
@@ -182,17 +232,18 @@ def estimate_evidence_quadrature(
     err = abs(log_z_coarse - log_z) + edge + math.exp(-_LOG_RANGE)
     err += math.sqrt(lt.size) * np.finfo(float).eps
     warnings = []
-    if edge > 1e-6:
+    if edge > _EDGE_TOLERANCE:
         warnings.append(
             f"quadrature: {edge:.1e} of the integral lies on the grid's edge after "
-            f"{widenings} widenings of the search box: it may cut off posterior mass"
+            f"{widenings} widenings of the search box and {growths} growths of the grid: it "
+            "may cut off posterior mass"
         )
     if err > 0.05:
         warnings.append(
             f"quadrature: the grids of {n_axis} and {(n_axis + 1) // 2} points per axis differ "
             f"by {abs(log_z_coarse - log_z):.3f} in ln Z: the grid does not resolve the posterior"
         )
-    return EvidenceResult(
+    result = EvidenceResult(
         log_evidence=log_z,
         log_evidence_err=err,
         method="quadrature",
@@ -204,6 +255,7 @@ def estimate_evidence_quadrature(
             "box_lower": [float(v) for v in lo],
             "box_upper": [float(v) for v in hi],
             "widenings": widenings,
+            "growths": growths,
             "edge_fraction": edge,
             "log_evidence_coarse": log_z_coarse,
             "non_finite_fraction": float(np.mean(~np.isfinite(lt))),
@@ -211,6 +263,71 @@ def estimate_evidence_quadrature(
         warnings=tuple(warnings),
         wall_time_s=time.perf_counter() - start,
     )
+    return result, GridDensity.from_grid(lo, hi, lt, bijection)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GridDensity:
+    """The integrand of a quadrature grid as a normalised density: piecewise constant on the
+    grid's cells in its space u (each cell's mass the mean of exp(integrand) at its 2^n_dim
+    corners, the trapezoid rule's), zero outside the grid's box, pushed to z through the
+    bijection z = T(u) when the grid lies in a flow's latent space. As an importance-sampling
+    component it holds every region the grid resolved, such as a thin ridge that a flow left
+    out: its weights p / q_grid stay near 1 there.
+
+    Attributes:
+        lower, step: the box's lower corner and the cell widths, (n_dim,) each.
+        log_mass: (n_cells,) * n_dim normalised ln cell probabilities (-inf: empty).
+        bijection: the flowjax bijection z = T(u), or None (the grid lies in z).
+    """
+
+    lower: np.ndarray
+    step: np.ndarray
+    log_mass: np.ndarray
+    bijection: object = None
+
+    @classmethod
+    def from_grid(cls, lower, upper, lt: np.ndarray, bijection=None) -> GridDensity:
+        n_dim = lt.ndim
+        corners = []
+        for offset in itertools.product((0, 1), repeat=n_dim):
+            index = tuple(slice(o, lt.shape[k] - 1 + o) for k, o in enumerate(offset))
+            corners.append(lt[index])
+        with np.errstate(invalid="ignore"):
+            log_cell = special.logsumexp(np.stack(corners), axis=0)
+        log_cell = np.where(np.isfinite(log_cell), log_cell, -np.inf)
+        log_mass = log_cell - special.logsumexp(log_cell)
+        step = (np.asarray(upper) - np.asarray(lower)) / (np.array(lt.shape) - 1)
+        return cls(np.asarray(lower, dtype=np.float64), step, log_mass, bijection)
+
+    def sample(self, key, n: int) -> np.ndarray:
+        """n draws in z (host array, (n, n_dim)): a cell by its mass, a uniform point in it."""
+        key_cell, key_offset = jax.random.split(key)
+        flat = np.exp(self.log_mass.ravel())
+        cells = np.asarray(jax.random.choice(key_cell, flat.size, (n,), p=jnp.asarray(flat)))
+        index = np.stack(np.unravel_index(cells, self.log_mass.shape), axis=-1)
+        offset = np.asarray(jax.random.uniform(key_offset, (n, self.lower.size)))
+        u = self.lower + (index + offset) * self.step
+        if self.bijection is None:
+            return u
+        return fixed_chunks(lambda v: _transform(self.bijection, v)[0], u, TARGET_CHUNK)[0]
+
+    def log_prob(self, z) -> np.ndarray:
+        """ln density at the rows of z (host array; -inf outside the box)."""
+        z = np.asarray(z, dtype=np.float64)
+        if self.bijection is None:
+            u, log_det = z, np.zeros(z.shape[0])
+        else:
+            u, log_det = fixed_chunks(
+                lambda v: _inverse_and_log_det(self.bijection, v), z, TARGET_CHUNK
+            )
+        position = (u - self.lower) / self.step
+        index = np.floor(position).astype(np.int64)
+        shape = np.array(self.log_mass.shape)
+        inside = np.all((position >= 0) & (index < shape), axis=1)
+        index = np.clip(index, 0, shape - 1)
+        log_cell = self.log_mass[tuple(index.T)] - float(np.sum(np.log(self.step)))
+        return np.where(inside, log_cell + log_det, -np.inf)
 
 
 @eqx.filter_jit
@@ -223,11 +340,16 @@ def _inverse(bijection, z):
     return jax.vmap(bijection.inverse)(z)
 
 
+@eqx.filter_jit
+def _inverse_and_log_det(bijection, z):
+    return jax.vmap(bijection.inverse_and_log_det)(z)
+
+
 def _evaluator(log_target, bijection):
     """Grid points (host array) -> log integrand (host array). The target goes through
     `ptaflow.flows.target_parts` (a `Posterior`'s compiled target evaluation, shared with the
     fit: nothing new to compile); with a bijection, through T and its log-determinant first."""
-    if not (hasattr(log_target, "log_prob_parts") or callable(log_target)):
+    if not (isinstance(log_target, AbstractPosterior) or callable(log_target)):
         raise ParameterError(
             f"log_target={log_target!r}: expected a Posterior or a callable z -> ln(L pi)"
         )
