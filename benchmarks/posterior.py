@@ -257,15 +257,15 @@ def _add_defensive(args, post, result):
 
     The flow's density at its own draws comes back from the stored weights
     (ln q = ln L + ln pi + ln|J| - ln w); the noise-only draws and the mixture's weights are
-    those of `ptaflow.inference.defensive_draws`.
+    those of `ptaflow.proposal.defensive_draws`.
     """
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from ptaflow.flows import FlowConfig, flow_from_bytes
-    from ptaflow.inference import DEFENSIVE_FRACTION, defensive_draws
     from ptaflow.noise_only import noise_only_posterior
+    from ptaflow.proposal import DEFENSIVE_FRACTION, defensive_draws
 
     share = DEFENSIVE_FRACTION if args.defensive is None else args.defensive
     n_flow = result.samples.shape[0]

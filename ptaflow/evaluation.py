@@ -397,7 +397,7 @@ def _status(lhm, imp, rhat: float, khat: float, quad=None) -> tuple[str, str]:
     estimates with each other. Then the exact chains must have R-hat <= 1.05 and, without a
     quadrature, the importance weights Pareto khat < 0.7: khat stands in for a check of the
     importance estimate where there is nothing exact to check it against. With one, the
-    weights are bounded by the grid's component (`ptaflow.inference.PriorComponent`) and
+    weights are bounded by the grid's component (`ptaflow.proposal.PriorComponent`) and
     their khat (still reported) flagged 13 of 140 calibration fits whose estimates agreed
     with the truth."""
     if quad is not None:

@@ -23,8 +23,8 @@ from ptaflow.baselines.nested import nested_sampling_evidence
 from ptaflow.cli import main
 from ptaflow.compare import CompareSettings, compare, model_configs, resolve_models
 from ptaflow.errors import ModelError, ParameterError
-from ptaflow.inference import REFIT_DEFENSIVE_FRACTION
 from ptaflow.posterior import make_refit_posterior
+from ptaflow.proposal import REFIT_DEFENSIVE_FRACTION
 
 MODELS = ["powerlaw", "sigw_gauss_2p"]
 # The module (`ptaflow.compare` as an attribute of the package is the function).
