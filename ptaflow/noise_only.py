@@ -211,8 +211,9 @@ class NoiseOnlyPosterior:
             total += np.asarray(prior.log_prob(rn[:, i]))
         return total
 
-    def log_q_z(self, theta: np.ndarray, log_prior_z: np.ndarray) -> np.ndarray:
-        """ln q_0 on unconstrained z at points theta = theta(z), (m,).
+    def log_q_z(self, theta: np.ndarray, log_prior_z: np.ndarray, z=None) -> np.ndarray:
+        """ln q_0 on unconstrained z at points theta = theta(z), (m,) (`z` itself is not
+        needed here; `ptaflow.proposal.PriorComponent` takes the same arguments).
 
         q_0 = (noise-only red-noise posterior) x (the common process's prior), carried to z by
         the prior's map; `log_prior_z` = ln pi(theta) + ln |det dtheta/dz| at the same points

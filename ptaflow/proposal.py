@@ -89,17 +89,19 @@ class PriorComponent:
         theta = np.array(self.posterior.sample_prior(key_prior, n))
         if self.grid is None:
             return theta
+        # n draws of each, then a pick per row: arrays of one shape, so nothing compiles anew
+        # from one call to the next (a count that varies would retrace to_theta each time).
         from_grid = np.asarray(jax.random.bernoulli(key_pick, 0.5, (n,)))
-        if from_grid.any():
-            z = self.grid.sample(key_grid, int(from_grid.sum()))
-            theta[from_grid] = np.asarray(self.posterior.to_theta(jnp.asarray(z)))
-        return theta
+        theta_grid = np.asarray(self.posterior.to_theta(jnp.asarray(self.grid.sample(key_grid, n))))
+        return np.where(from_grid[:, None], theta_grid, theta)
 
-    def log_q_z(self, theta, log_prior_z) -> np.ndarray:
+    def log_q_z(self, theta, log_prior_z, z=None) -> np.ndarray:
+        """ln density in z at points theta = theta(z) (z: the same points, if at hand)."""
         log_prior_z = np.asarray(log_prior_z)
         if self.grid is None:
             return log_prior_z  # the prior part of the target is this density already
-        z = np.asarray(self.posterior.to_unconstrained(jnp.asarray(theta)))
+        if z is None:
+            z = np.asarray(self.posterior.to_unconstrained(jnp.asarray(theta)))
         return np.logaddexp(log_prior_z, self.grid.log_prob(z)) - math.log(2.0)
 
 
@@ -166,7 +168,7 @@ def defensive_draws(
     z = np.concatenate([z_f, z_0])
     lp = np.concatenate([lp_f, lp_0])
     theta = np.asarray(posterior.to_theta(jnp.asarray(z)))
-    log_q0 = noise.log_q_z(theta, lp)
+    log_q0 = noise.log_q_z(theta, lp, z)
     n_flow, n = z_f.shape[0], z.shape[0]
     log_q = np.logaddexp(
         np.log(n_flow / n) + np.concatenate([log_q_f, log_q_f0]), np.log(n_noise / n) + log_q0

@@ -32,7 +32,6 @@ import time
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 from scipy import special
 
@@ -302,11 +301,13 @@ class GridDensity:
 
     def sample(self, key, n: int) -> np.ndarray:
         """n draws in z (host array, (n, n_dim)): a cell by its mass, a uniform point in it."""
-        key_cell, key_offset = jax.random.split(key)
+        # NumPy draws (seeded by the key): n changes from call to call, and a JAX draw would
+        # compile anew for each n.
+        rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
         flat = np.exp(self.log_mass.ravel())
-        cells = np.asarray(jax.random.choice(key_cell, flat.size, (n,), p=jnp.asarray(flat)))
+        cells = rng.choice(flat.size, size=n, p=flat / flat.sum())
         index = np.stack(np.unravel_index(cells, self.log_mass.shape), axis=-1)
-        offset = np.asarray(jax.random.uniform(key_offset, (n, self.lower.size)))
+        offset = rng.uniform(size=(n, self.lower.size))
         u = self.lower + (index + offset) * self.step
         if self.bijection is None:
             return u
