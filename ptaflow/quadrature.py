@@ -206,7 +206,8 @@ def quadrature_grid(
         )
     evaluate = _evaluator(log_target, bijection)
     if bijection is not None:
-        x = fixed_chunks(lambda z: _inverse(bijection, z), x, TARGET_CHUNK)[0]
+        # (the inverse that GridDensity.log_prob compiles too; its log-determinant unused here)
+        x = fixed_chunks(lambda z: _inverse_and_log_det(bijection, z), x, TARGET_CHUNK)[0]
     lo, hi = x.min(axis=0), x.max(axis=0)
     span = np.maximum(hi - lo, 1e-6)
     lo, hi, widenings = _locate(evaluate, lo - span, hi + span, _COARSE.get(n_dim, 41))
@@ -334,11 +335,6 @@ class GridDensity:
 @eqx.filter_jit
 def _transform(bijection, u):
     return jax.vmap(bijection.transform_and_log_det)(u)
-
-
-@eqx.filter_jit
-def _inverse(bijection, z):
-    return jax.vmap(bijection.inverse)(z)
 
 
 @eqx.filter_jit
