@@ -24,6 +24,7 @@ import json
 import math
 import pathlib
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -61,6 +62,7 @@ def main(argv=None) -> None:
     jax.config.update("jax_enable_x64", True)
     import ptaflow
     from ptaflow.compare import CompareSettings, comparison_posterior, evaluate_model
+    from ptaflow.diagnostics import psis_khat
     from ptaflow.models import list_models, load_model
 
     ptaflow.limit_blas_threads()
@@ -94,12 +96,15 @@ def main(argv=None) -> None:
         truth, truth_err = quadrature(comparison_posterior(model, CompareSettings()))
         runs = []
         for seed in range(args.seeds):
-            outcome = evaluate_model(model, CompareSettings(seed=seed)).outcome
+            evaluated = evaluate_model(model, CompareSettings(seed=seed))
+            outcome, fit = evaluated.outcome, evaluated.fit
             run = {
                 "seed": seed,
                 "status": outcome.status,
                 "reason": outcome.reason,
                 "khat": outcome.khat,
+                # the flow's own draws alone (the proposal's khat above includes the component)
+                "khat_flow_draws": psis_khat(fit.log_weights[: fit.n_flow]) if fit else math.nan,
                 "wall_s": round(outcome.wall_time_s, 2),
             }
             for est, value, err in (
@@ -123,6 +128,7 @@ def main(argv=None) -> None:
             "flagged": sum(r["status"] != "ok" for r in runs),
             "khat_max": max(r["khat"] for r in runs),
             "khat_below_0_5": sum(r["khat"] < 0.5 for r in runs),
+            "khat_median": statistics.median(r["khat"] for r in runs),
             "runs": runs,
             "wall_s": round(time.perf_counter() - t0, 2),
             "label": args.label,

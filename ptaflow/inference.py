@@ -291,10 +291,12 @@ def fit_posterior(
         devices=train_config.devices,
         noise_only=noise_only,
         timings=timings,
+        flow_config=flow_config,
+        train_config=train_config,
     )
     return PosteriorFit(
         posterior=posterior,
-        flow=flow,
+        flow=draws.flow,
         flow_config=flow_config,
         train_config=train_config,
         info=info,

@@ -10,6 +10,10 @@ arXiv:1507.02646), and takes maximum-likelihood steps of the flow on minibatches
 from the pool by weight. Samples far out where q is too thin carry large weights and pull the
 flow out to them, round by round. With `TrainConfig.refine_anneal_ess` the rounds start at a
 tempered target and raise its beta round by round.
+
+`fit_to_weighted_draws` fits a new flow by the same steps to a fixed pool drawn from another
+density q whose draws reach all of p (weights p / q): in refit mode, one and two parameters,
+the defensive component of prior and quadrature grid (`ptaflow.proposal`).
 """
 
 from __future__ import annotations
@@ -18,16 +22,24 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flowjax.distributions import Transformed
 from jax.sharding import PartitionSpec
 
 from ..devices import AXIS
 from ..diagnostics import importance_ess, psis
 from ..errors import ParameterError
-from ..settings import TrainConfig
-from .construction import draw_with_log_q
+from ..settings import FlowConfig, TrainConfig
+from .construction import draw_with_log_q, make_flow, partition
+from .optimizers import decaying_optimizer
 from .targets import target_parts
 
-__all__ = ["REFINE_TRACES", "ANNEAL_MIN_ESS", "refine_round", "refine_done"]
+__all__ = [
+    "REFINE_TRACES",
+    "ANNEAL_MIN_ESS",
+    "refine_round",
+    "refine_done",
+    "fit_to_weighted_draws",
+]
 
 #: Number of times the forward-KL refinement step has been traced (compiled), for tests.
 REFINE_TRACES = {"count": 0}
@@ -102,6 +114,17 @@ def anneal_beta(log_like, log_rest, log_q, beta: float, ratio: float) -> float:
     return lo
 
 
+def _resampled_steps(key, params, static, opt_state, optimizer, config, mesh, z, log_w):
+    """`_refine_steps` on `config.refine_steps` batches resampled from a pool by its
+    Pareto-smoothed weights; returns (params, opt_state, the pool's khat)."""
+    smoothed, khat = psis(log_w)
+    prob = np.exp(smoothed - smoothed.max())
+    shape = (config.refine_steps, config.refine_batch)
+    picks = jax.random.choice(key, z.shape[0], shape, p=jnp.asarray(prob / prob.sum()))
+    params, opt_state, _ = _refine_steps(params, static, opt_state, z[picks], optimizer, mesh)
+    return params, opt_state, khat
+
+
 def refine_round(key, params, static, target, opt_state, optimizer, config, mesh, beta=1.0):
     """One round of forward-KL refinement towards prior x L^beta (beta raised first when
     `refine_anneal_ess` is set); returns (params, opt_state, pool ESS fraction, khat, beta)."""
@@ -116,15 +139,9 @@ def refine_round(key, params, static, target, opt_state, optimizer, config, mesh
     log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
     if not np.any(np.isfinite(log_w)):
         raise ParameterError("the target is not finite at any flow sample of a refinement pool")
-    smoothed, khat = psis(log_w)
-    prob = np.exp(smoothed - smoothed.max())
-    picks = jax.random.choice(
-        key_pick,
-        config.refine_pool,
-        (config.refine_steps, config.refine_batch),
-        p=jnp.asarray(prob / prob.sum()),
+    params, opt_state, khat = _resampled_steps(
+        key_pick, params, static, opt_state, optimizer, config, mesh, z, log_w
     )
-    params, opt_state, _ = _refine_steps(params, static, opt_state, z[picks], optimizer, mesh)
     return params, opt_state, importance_ess(log_w) / config.refine_pool, khat, beta
 
 
@@ -138,3 +155,53 @@ def refine_done(ess: list[float], config: TrainConfig, betas: list[float] | None
         return True
     patience = config.refine_patience
     return patience > 0 and len(ess) > patience and max(ess[-patience:]) <= max(ess[:-patience])
+
+
+def fit_to_weighted_draws(
+    key, z, log_w, flow_config: FlowConfig, config: TrainConfig, rounds: int
+) -> Transformed:
+    """A new flow fitted by forward KL to a density p known through weighted draws of another.
+
+    The flow starts at the pool's weighted mean and covariance; each of `rounds` rounds takes
+    `config.refine_steps` maximum-likelihood steps on batches of `config.refine_batch` points
+    resampled from the pool by its Pareto-smoothed weights, the rate decaying from
+    `config.refine_learning_rate` to 1 % of it.
+
+    Args:
+        key: JAX random key.
+        z: (n, n_dim) draws of a density q whose support holds p's.
+        log_w: (n,) ln p - ln q at them (p may be unnormalised; -inf where it is zero).
+        flow_config: the new flow's architecture.
+        config: steps, batch and rate of each round.
+        rounds: how many rounds.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
+    if not np.any(np.isfinite(log_w)):
+        raise ParameterError("the target is not finite at any draw of the pool a flow is fit to")
+    w = np.exp(log_w - np.max(log_w))
+    w = w / w.sum()
+    loc = w @ z
+    d = z - loc
+    cov = (d * w[:, None]).T @ d + 1e-9 * np.eye(z.shape[1])
+    key_flow, key_rounds = jax.random.split(key)
+    flow = make_flow(key_flow, z.shape[1], config=flow_config, loc=loc, cov=cov)
+    params, static = partition(flow)
+    # the rate decays over the rounds (cosine, to 1 %): the pool is fixed, and at a constant
+    # rate the last steps' noise stays in the flow
+    opt = decaying_optimizer(config, rounds * config.refine_steps)
+    opt_state = opt.init(params)
+    z = jnp.asarray(z)
+    for r in range(rounds):
+        params, opt_state, _ = _resampled_steps(
+            jax.random.fold_in(key_rounds, r),
+            params,
+            static,
+            opt_state,
+            opt,
+            config,
+            None,
+            z,
+            log_w,
+        )
+    return eqx.combine(params, static)

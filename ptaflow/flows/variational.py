@@ -26,7 +26,6 @@ batch of flow draws, and so the likelihood evaluations that dominate its cost, o
 from __future__ import annotations
 
 import dataclasses
-import functools
 import pathlib
 import time
 from collections.abc import Callable
@@ -36,7 +35,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flowjax.distributions import Transformed
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
@@ -51,6 +49,7 @@ from . import refine as _refine
 from .construction import make_flow, partition
 from .initial import initial_flow
 from .io import FORMAT, pack, read_leaves, settings_hash, unpack
+from .optimizers import optimizer as _optimizer
 from .targets import split_target
 
 __all__ = ["STEP_TRACES", "FitInfo", "TrainState", "VariationalFit", "fit_variational"]
@@ -122,41 +121,6 @@ class FitInfo:
             "devices": self.devices,
             "surrogate": self.surrogate,
         }
-
-
-def _optimizer(config: TrainConfig, learning_rate=None):
-    """Clipped Adam that skips non-finite updates; the rate defaults to the training schedule.
-
-    One optimizer object per setting and process: optax builds closures, which JAX's
-    compilation cache keys on, so equal settings must give the same object for the compiled
-    steps to be shared between fits.
-    """
-    if learning_rate is not None:
-        return _cached_optimizer(config.clip_norm, float(learning_rate))
-    schedule = (
-        config.learning_rate,
-        config.warmup_steps,
-        max(config.max_steps, 1),
-        config.final_lr_fraction,
-    )
-    return _cached_optimizer(config.clip_norm, schedule)
-
-
-@functools.lru_cache(maxsize=32)
-def _cached_optimizer(clip_norm: float, rate: float | tuple):
-    if isinstance(rate, tuple):
-        peak, warmup, max_steps, final = rate
-        rate = optax.warmup_cosine_decay_schedule(
-            init_value=peak * 0.1,
-            peak_value=peak,
-            warmup_steps=max(warmup, 1),
-            decay_steps=max(max_steps - warmup, 1) + max(warmup, 1),
-            end_value=peak * final,
-        )
-    return optax.apply_if_finite(
-        optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(rate)),
-        max_consecutive_errors=50,
-    )
 
 
 def _beta(config: TrainConfig, step: int, beta_init: float = 0.0) -> float:
