@@ -1,6 +1,6 @@
 """Are the quoted evidence errors calibrated? Refit ln Z over many seeds against quadrature.
 
-For every two-parameter refit model (default: those of the seed paper's ten), ln Z by dense
+For every refit model of one or two parameters (default: every built-in one), ln Z by dense
 quadrature of prior x likelihood in the unconstrained plane (`ptaflow.quadrature`, located
 from prior draws, with its own error estimate) is the truth; the comparison's two estimators
 (learned harmonic mean, importance sampling) are run with `--seeds` different seeds, each a
@@ -10,15 +10,23 @@ unit variance: the RMS of z lies near 1 (for 20 seeds, 0.7-1.3 covers most draws
 calibrated estimator). Flags are counted too: a flag on a model whose estimates agree with
 the truth is a false flag.
 
+With `--mode full` the same is done on the full likelihood of one pulsar (its red noise and
+a one-parameter model: three parameters, quadrature on 255 points per axis), with the
+comparison's full-mode defaults (reverse KL from prior draws, forward-KL refinement, the
+noise-only posterior as the defensive component, the posterior flow as the harmonic mean's
+phi).
+
 Prints one JSON object per model and a summary line:
 
     .venv/bin/python benchmarks/calibration.py --seeds 20
     .venv/bin/python benchmarks/calibration.py --models powerlaw meta_l --seeds 5
+    .venv/bin/python benchmarks/calibration.py --mode full --models stable_m --seeds 20
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import math
@@ -46,12 +54,44 @@ def _rms(values) -> float:
     return math.sqrt(sum(v * v for v in values) / len(values)) if values else math.nan
 
 
+def _quadrature_3d(posterior) -> tuple[float, float, dict]:
+    """ln Z of a three-parameter posterior on grids of 161 and 255 points per axis in z
+    (located from 10^5 prior draws), the finer one as the truth and the two grids' difference
+    as its error: the trapezoid rule converges there (127 / 161 / 255 points per axis gave
+    66182.48484 / .48537 / .48550 for stable_m on one pulsar), so the finer grid is closer to
+    the limit than the difference, while each grid's own error, |Z_h - Z_2h|, is 5-10 times
+    larger than its distance from the limit and would mask the estimators' errors."""
+    import jax
+    import numpy as np
+
+    from ptaflow.quadrature import estimate_evidence_quadrature
+
+    z = np.asarray(posterior.to_unconstrained(posterior.sample_prior(jax.random.key(0), 10**5)))
+    grids = {}
+    for points in (2**22, 2**24):
+        result = estimate_evidence_quadrature(posterior, z, max_points=points, max_dim=3)
+        if result.warnings:
+            raise RuntimeError("; ".join(result.warnings))
+        grids[result.diagnostics["points_per_axis"]] = result.log_evidence
+    (_, coarse), (_, fine) = sorted(grids.items())
+    return fine, abs(fine - coarse), {str(k): v for k, v in grids.items()}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--models", nargs="+", default=None, help="default: every built-in model of 1-2 parameters"
     )
     p.add_argument("--seeds", type=int, default=20, help="seeds per model (fresh fits)")
+    p.add_argument(
+        "--mode",
+        choices=("refit", "full"),
+        default="refit",
+        help="full: the full likelihood of --pulsars pulsars (CURN), with the comparison's "
+        "full-mode defaults; the model and the red noise together at most three parameters, "
+        "for the quadrature",
+    )
+    p.add_argument("--pulsars", type=int, default=1, help="full mode: the N best pulsars")
     p.add_argument("--label", default="", help="free text copied into the lines")
     args = p.parse_args(argv)
     if args.seeds < 2:
@@ -67,7 +107,17 @@ def main(argv=None) -> None:
 
     ptaflow.limit_blas_threads()
     quadrature = _pipeline()._quadrature_log_z
-    names = args.models or [n for n in list_models() if len(load_model(n).param_names) <= 2]
+    if args.mode == "full":
+        settings = CompareSettings(mode="full", pulsars=args.pulsars)
+        n_max = 3 - 2 * args.pulsars  # two red-noise parameters per pulsar
+        if n_max < 1:
+            p.error("--pulsars: full mode's quadrature takes one pulsar (three parameters)")
+    else:
+        settings, n_max = CompareSettings(), 2
+    names = args.models or [n for n in list_models() if len(load_model(n).param_names) <= n_max]
+    too_many = [n for n in names if len(load_model(n).param_names) > n_max]
+    if too_many:
+        p.error(f"--models {' '.join(too_many)}: more than {n_max} parameters in {args.mode} mode")
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
@@ -93,10 +143,15 @@ def main(argv=None) -> None:
     for name in names:
         model = load_model(name)
         t0 = time.perf_counter()
-        truth, truth_err = quadrature(comparison_posterior(model, CompareSettings()))
+        posterior = comparison_posterior(model, settings)
+        grids = None
+        if posterior.n_dim == 3:
+            truth, truth_err, grids = _quadrature_3d(posterior)
+        else:
+            truth, truth_err = quadrature(posterior)
         runs = []
         for seed in range(args.seeds):
-            evaluated = evaluate_model(model, CompareSettings(seed=seed))
+            evaluated = evaluate_model(model, dataclasses.replace(settings, seed=seed))
             outcome, fit = evaluated.outcome, evaluated.fit
             run = {
                 "seed": seed,
@@ -118,11 +173,14 @@ def main(argv=None) -> None:
             n_flags += outcome.status != "ok"
             n_runs += 1
         row = {
-            "case": "refit-calibration",
+            "case": f"{args.mode}-calibration",
             "model": name,
+            "n_psr": args.pulsars if args.mode == "full" else None,
+            "n_dim": posterior.n_dim,
             "n_seeds": args.seeds,
             "ln_Z_quadrature": truth,
             "ln_Z_quadrature_err": truth_err,
+            "ln_Z_quadrature_by_points_per_axis": grids,
             "rms_z_harmonic": _rms([r["z_harmonic"] for r in runs]),
             "rms_z_importance": _rms([r["z_importance"] for r in runs]),
             "flagged": sum(r["status"] != "ok" for r in runs),
@@ -138,7 +196,7 @@ def main(argv=None) -> None:
     print(
         json.dumps(
             {
-                "case": "refit-calibration-summary",
+                "case": f"{args.mode}-calibration-summary",
                 "models": names,
                 "n_seeds": args.seeds,
                 "rms_z_harmonic": _rms(all_z["harmonic"]),

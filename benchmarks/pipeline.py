@@ -233,9 +233,9 @@ def _settings(args):
 
 
 def _quadrature_log_z(posterior) -> tuple[float, float]:
-    """ln Z and its error for a posterior of one or two parameters by quadrature on a fine grid
-    in z (`ptaflow.quadrature`, 2^22 points), located from 10^5 prior draws (independent of
-    any flow); NaN for a checkout without the module."""
+    """ln Z and its error for a posterior of one to three parameters by quadrature on a fine
+    grid in z (`ptaflow.quadrature`, 2^22 points: 161 per axis in three dimensions), located
+    from 10^5 prior draws (independent of any flow); NaN for a checkout without the module."""
     import jax
     import numpy as np
 
@@ -245,7 +245,9 @@ def _quadrature_log_z(posterior) -> tuple[float, float]:
         return float("nan"), float("nan")
 
     z = np.asarray(posterior.to_unconstrained(posterior.sample_prior(jax.random.key(0), 10**5)))
-    result = estimate_evidence_quadrature(posterior, z, max_points=2**22)
+    result = estimate_evidence_quadrature(
+        posterior, z, max_points=2**22, max_dim=max(2, posterior.n_dim)
+    )
     if result.warnings:
         raise RuntimeError("; ".join(result.warnings))
     return result.log_evidence, result.log_evidence_err
