@@ -83,6 +83,10 @@ COMPONENT_POOL = 16384
 COMPONENT_FIT_ROUNDS = 30
 
 
+#: Times `PriorComponent.sample_theta` draws again the rows that fell on a prior edge.
+_MAX_REDRAWS = 10
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class PriorComponent:
     """Refit mode's defensive component (`defensive_draws`): the prior, whose density in z is
@@ -102,6 +106,22 @@ class PriorComponent:
     grid: GridDensity | None = None
 
     def sample_theta(self, key, n: int) -> np.ndarray:
+        """n draws in theta, each with a finite z: a grid draw far out in a prior's tail can
+        round to the prior's edge in theta, where z is infinite (a point of probability zero
+        but for the rounding, whose density in z is zero); such rows are drawn again."""
+        theta = self._draw(key, n)
+        for attempt in range(1, _MAX_REDRAWS + 1):
+            z = np.asarray(self.posterior.to_unconstrained(jnp.asarray(theta)))
+            edge = ~np.all(np.isfinite(z), axis=1)
+            if not edge.any():
+                return theta
+            theta = np.where(edge[:, None], self._draw(jax.random.fold_in(key, attempt), n), theta)
+        raise ParameterError(
+            f"the defensive component drew {int(edge.sum())} points on a prior edge, where z is "
+            f"not finite, {_MAX_REDRAWS} times in a row"
+        )
+
+    def _draw(self, key, n: int) -> np.ndarray:
         key_prior, key_pick, key_grid = jax.random.split(key, 3)
         theta = np.array(self.posterior.sample_prior(key_prior, n))
         if self.grid is None:

@@ -564,3 +564,21 @@ def test_a_ridge_the_flow_leaves_out_is_held_by_the_grid_component():
         (o.log_z_harmonic, o.log_z_harmonic_err),
     ):
         assert abs(value - o.log_z_quadrature) < 3 * math.hypot(err, o.log_z_quadrature_err)
+
+
+@pytest.mark.slow
+def test_a_component_draw_on_a_prior_edge_is_drawn_again():
+    """At this seed one of sigw_delta's grid draws lay so far out in log10_f_peak's tail that it
+    rounded to the prior's edge (-5) in theta, where z is infinite: its proposal density was
+    -inf and the fit failed ("log_q must be finite at every sample drawn from q"). Such draws
+    are drawn again; every importance sample has a finite z and density, and both estimates
+    agree with the quadrature."""
+    run = CMP.evaluate_model("sigw_delta", CompareSettings(seed=13))
+    o, fit = run.outcome, run.fit
+    assert o.status == "ok", (o.status, o.reason)
+    assert np.all(np.isfinite(fit.z)) and np.all(np.isfinite(fit.log_q))
+    for value, err in (
+        (o.log_z_importance, o.log_z_importance_err),
+        (o.log_z_harmonic, o.log_z_harmonic_err),
+    ):
+        assert abs(value - o.log_z_quadrature) < 3 * math.hypot(err, o.log_z_quadrature_err)
