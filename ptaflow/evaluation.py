@@ -155,8 +155,8 @@ class ModelOutcome:
         key: hash of the inputs (for resuming).
         phase_times: {phase: {"wall_s", "compile_s", "trace_s", "compiles", counts}} of this
             model (`ptaflow.profiling.PhaseTimes`): build, initialise, train, refine, samples,
-            evidence_importance, evidence_quadrature (refit, one and two parameters),
-            exact_samples, evidence_harmonic, summary.
+            evidence_importance, evidence_quadrature and component_fit (refit, one and two
+            parameters), exact_samples, evidence_harmonic, summary.
     """
 
     name: str

@@ -249,7 +249,8 @@ def fit_posterior(
         progress: show the training progress bar.
         timings: a `ptaflow.profiling.PhaseTimes` to record the phases in: those of
             `fit_variational`, then "samples" (the importance samples and their target values) and,
-            in refit mode up to two parameters, "evidence_quadrature".
+            in refit mode up to two parameters, "evidence_quadrature" and "component_fit" (the
+            flow drawn from, fitted anew to the defensive component: `ptaflow.proposal`).
         noise_only: the noise-only model of the same pulsars, data and red-noise priors, if
             already computed (e.g. `fit.noise_only` of another SGWB model's fit): it is
             re-bound to this posterior (`NoiseOnlyPosterior.for_posterior`, which checks that
