@@ -238,9 +238,9 @@ def test_forward_kl_alone_fits_a_banana_stops_early_and_shares_compiled_code():
 def test_a_flow_fitted_to_weighted_draws_of_another_density_recovers_the_banana():
     """`fit_to_weighted_draws`: the banana known only through draws of a wide Gaussian
     q = N(0, 3^2 I) and their weights p / q. The new flow's moments are the banana's analytic
-    ones (tolerances as for the fits above), its importance weights against the banana have a
-    Pareto khat below 0.5 and an ESS above 80 %, and the same compiled steps as a refinement
-    of the same architecture serve it."""
+    ones (tolerances as for the fits above), and its importance weights against the banana
+    have a Pareto khat below 0.5 and an ESS above 80 %; a pool with no finite weight is
+    refused."""
     cfg = TrainConfig(max_steps=0, refine_learning_rate=3e-3)
     config = FlowConfig(family="coupling", flow_layers=4, nn_width=32)
     key_q, key_fit, key_check = jax.random.split(jax.random.key(11), 3)
