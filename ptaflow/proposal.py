@@ -109,12 +109,16 @@ class PriorComponent:
         """n draws in theta, each with a finite z: a grid draw far out in a prior's tail can
         round to the prior's edge in theta, where z is infinite (a point of probability zero
         but for the rounding, whose density in z is zero); such rows are drawn again."""
+        return self._finite_draws(key, n)[0]
+
+    def _finite_draws(self, key, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(theta, z) of `sample_theta`'s draws."""
         theta = self._draw(key, n)
         for attempt in range(1, _MAX_REDRAWS + 1):
             z = np.asarray(self.posterior.to_unconstrained(jnp.asarray(theta)))
             edge = ~np.all(np.isfinite(z), axis=1)
             if not edge.any():
-                return theta
+                return theta, z
             theta = np.where(edge[:, None], self._draw(jax.random.fold_in(key, attempt), n), theta)
         raise ParameterError(
             f"the defensive component drew {int(edge.sum())} points on a prior edge, where z is "
@@ -144,8 +148,7 @@ class PriorComponent:
     def weighted_draws(self, key, n: int, devices=None) -> tuple[np.ndarray, np.ndarray]:
         """n draws in z and their ln p - ln q (-inf where the target is not finite), p the
         unnormalised posterior, q this component."""
-        theta = self.sample_theta(key, n)
-        z = np.asarray(self.posterior.to_unconstrained(jnp.asarray(theta)))
+        theta, z = self._finite_draws(key, n)
         ll, lp = target_parts(self.posterior, z, devices=devices)
         with np.errstate(invalid="ignore"):
             log_w = ll + lp - self.log_q_z(theta, lp, z)

@@ -527,6 +527,15 @@ def test_cli_input_errors_exit_1_before_any_fit(tmp_path, capsys, monkeypatch, n
     assert usage.value.code == 2
 
 
+def _assert_both_agree_with_quadrature(o):
+    """Both sampling estimates within 3 combined sigma of the quadrature."""
+    for value, err in (
+        (o.log_z_importance, o.log_z_importance_err),
+        (o.log_z_harmonic, o.log_z_harmonic_err),
+    ):
+        assert abs(value - o.log_z_quadrature) < 3 * math.hypot(err, o.log_z_quadrature_err)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["stable_k", "stable_m"])
 def test_one_parameter_models_have_bounded_weights_and_agree_with_quadrature(name):
@@ -538,11 +547,7 @@ def test_one_parameter_models_have_bounded_weights_and_agree_with_quadrature(nam
     assert run.fit.prior_component is not None and run.fit.prior_component.grid is not None
     assert run.fit.defensive_fraction == pytest.approx(REFIT_DEFENSIVE_FRACTION)
     assert o.status == "ok" and o.khat < 0.5, (o.status, o.reason, o.khat)
-    for value, err in (
-        (o.log_z_importance, o.log_z_importance_err),
-        (o.log_z_harmonic, o.log_z_harmonic_err),
-    ):
-        assert abs(value - o.log_z_quadrature) < 3 * math.hypot(err, o.log_z_quadrature_err)
+    _assert_both_agree_with_quadrature(o)
 
 
 @pytest.mark.slow
@@ -559,11 +564,7 @@ def test_a_ridge_the_flow_leaves_out_is_held_by_the_grid_component():
     o, fit = run.outcome, run.fit
     assert fit.quadrature is not None and fit.quadrature.log_evidence == o.log_z_quadrature
     assert o.khat < 0.5, o.khat
-    for value, err in (
-        (o.log_z_importance, o.log_z_importance_err),
-        (o.log_z_harmonic, o.log_z_harmonic_err),
-    ):
-        assert abs(value - o.log_z_quadrature) < 3 * math.hypot(err, o.log_z_quadrature_err)
+    _assert_both_agree_with_quadrature(o)
 
 
 @pytest.mark.slow
@@ -577,8 +578,4 @@ def test_a_component_draw_on_a_prior_edge_is_drawn_again():
     o, fit = run.outcome, run.fit
     assert o.status == "ok", (o.status, o.reason)
     assert np.all(np.isfinite(fit.z)) and np.all(np.isfinite(fit.log_q))
-    for value, err in (
-        (o.log_z_importance, o.log_z_importance_err),
-        (o.log_z_harmonic, o.log_z_harmonic_err),
-    ):
-        assert abs(value - o.log_z_quadrature) < 3 * math.hypot(err, o.log_z_quadrature_err)
+    _assert_both_agree_with_quadrature(o)
