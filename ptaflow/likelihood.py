@@ -17,9 +17,11 @@ Gaussian-process likelihood on reduced data (docs/design.md, section 3; see
     ln L = sum_a c_a + 1/2 d^T S^-1 d - 1/2 [ln det Phi + ln det S],  S = Phi^-1 + FNF,
 
 evaluated as ln det(I + Phi^1/2 FNF Phi^1/2) with d = FNr, which is well conditioned for any
-prior variances. CURN: Phi is diagonal, one 2K x 2K Cholesky factorisation per pulsar; on a CPU,
-`batch` and `jax.vmap(like)` factorise all pulsars and parameter vectors of a batch together
-(see `_curn_terms`), several times faster per evaluation than single calls. HD: the
+prior variances the data constrain; variances so large that double precision cannot resolve
+this system give ln L = -inf, its limit (see `_ROUNDOFF_TRACE`). CURN: Phi is diagonal, one
+2K x 2K Cholesky factorisation per pulsar; on a CPU, `batch` and `jax.vmap(like)` factorise
+all pulsars and parameter vectors of a batch together (see `_curn_terms`), several times
+faster per evaluation than single calls. HD: the
 common process couples pulsars through Gamma_ab (Hellings & Downs 1983) at the K_gw lowest
 frequencies only; the K_rn - K_gw uncoupled frequencies are eliminated per pulsar by a Schur
 complement, leaving one (n_psr 2 K_gw)^2 system.
@@ -181,6 +183,52 @@ def _chol_logdet_quad(A, d):
     return jnp.sum(jnp.log(jnp.diagonal(L))), jnp.sum(x * x)
 
 
+# --- Prior variances beyond double precision ------------------------------------------------------
+#
+# A = I + D FNF D (D^2 = Phi) has eigenvalues >= 1 for any prior variances, but FNF is singular
+# to working precision: the timing model absorbs combinations of the Fourier columns (10 to 38
+# of the 60 directions at 30 frequencies for nine of the ten best-timed NG15 pulsars), and in
+# those directions FNF holds only its own round-off, ~1e-15 of its diagonal, of either sign.
+# D multiplies that round-off by the prior variance: when phi_j FNF_jj nears 1e15 (NG15
+# pulsars have FNF_jj up to ~4e15 s^-2, so from variances of ~1 s^2 on), the unit term of A is
+# no longer above it, A is not positive definite in double precision, and its Cholesky
+# factorisation breaks down. ln L there is not determined by double-precision data (the stored
+# FNF does not fix its null directions to that level), but it is far below the data's
+# preferred region and tends to -inf as the variance grows without bound (-1/2 ln det C
+# dominates). Such a system therefore counts as ln L = -inf, with a zero derivative.
+#
+# A breakdown is put down to round-off only where the trace of the data term,
+# t = tr(D FNF D) = sum_j phi_j FNF_jj, is at least `_ROUNDOFF_TRACE`. Round-off of relative size
+# e in each entry (|dA_ij| <= e sqrt(A_ii A_jj), the form of both the stored data's and the
+# factorisation's own errors) moves A's eigenvalues by at most e tr(A) = e (m + t), and A's
+# smallest is >= 1; below that trace a breakdown needs e >= 1e-10, ten thousand times the
+# round-off of either (~1e-14 for NG15's 60 x 60 systems), so a failed factorisation there
+# (NaN variances or data) stays NaN. Where a system factorises, its value stands as computed,
+# however large t.
+
+#: Trace of the whitened data term tr(D FNF D) from which a failed Cholesky factorisation of
+#: I + D FNF D is attributed to round-off (ln L = -inf) rather than to invalid input (NaN).
+_ROUNDOFF_TRACE = 1e10
+
+
+def _past_precision(sq, FNF, half_logdet, quad, *grads):
+    """CURN's per-pulsar terms with the systems that double precision cannot factorise (see
+    above) set to ln L = -inf: 1/2 ln det A = +inf, d^T A^-1 d = 0 and zero derivatives.
+
+    Args:
+        sq: (n_samples, n_psr, m) square roots of the prior variances; FNF (n_psr, m, m).
+        half_logdet, quad: (n_samples, n_psr); grads: (n_samples, n_psr, m) arrays.
+    """
+    # A failed factorisation leaves NaN (a zero pivot: -inf) in ln det A; quad is then NaN too.
+    # t is summed over sin/cos pairs, n_rn terms: XLA on a CPU splits a sum of more than 32
+    # terms into two passes, one more kernel on the single-vector path.
+    x = sq * sq * jnp.diagonal(FNF, axis1=-2, axis2=-1)
+    t = jnp.sum(x[..., ::2] + x[..., 1::2], axis=-1)
+    past = ~jnp.isfinite(half_logdet) & (t >= _ROUNDOFF_TRACE)
+    out = (jnp.where(past, jnp.inf, half_logdet), jnp.where(past, 0.0, quad))
+    return out + tuple(jnp.where(past[..., None], 0.0, g) for g in grads)
+
+
 # --- CURN: one whitened 2K x 2K system per pulsar and parameter vector ----------------------------
 #
 # ln L needs, per pulsar, only ln det A and d^T A^-1 d with A = I + D FNF D, d = D FNr. On a CPU,
@@ -208,7 +256,7 @@ def _curn_terms_lapack(sq, FNF, FNr):
     """
     A = sq[..., :, None] * FNF * sq[..., None, :] + jnp.eye(sq.shape[-1], dtype=sq.dtype)
     per_psr = jax.vmap(jax.vmap(_chol_logdet_quad))
-    return per_psr(A, sq * FNr)
+    return _past_precision(sq, FNF, *per_psr(A, sq * FNr))
 
 
 def _nans(shapes, dtype, *_):
@@ -347,7 +395,8 @@ def _curn_terms_blocked(sq, F, FNr_t, width, inverse=False):
 
 def _curn_terms_cpu(sq, FNF, FNr, inverse=False):
     """`_curn_terms_blocked` over cache-sized groups of parameter vectors (zero-padded); with
-    `inverse` also diag(A^-1) and A^-1 d, (n_samples, n_psr, m) each."""
+    `inverse` also diag(A^-1) and A^-1 d, (n_samples, n_psr, m) each, and without it the
+    systems beyond double precision set to ln L = -inf (`_past_precision`)."""
     S, P, m = sq.shape
     F, FNr_t = jnp.moveaxis(FNF, 0, -1), FNr.T
     per_matrix = m * (m + _BLOCK_WIDTH) * 4 + (m * m * 2 if inverse else 0)
@@ -358,12 +407,14 @@ def _curn_terms_cpu(sq, FNF, FNr, inverse=False):
         return out[:2] + tuple(jnp.moveaxis(a, 0, -1) for a in out[2:])
 
     if S <= per_group:
-        return run(sq)
-    n_groups = -(-S // per_group)
-    pad = n_groups * per_group - S
-    sq = jnp.concatenate([sq, jnp.zeros((pad, P, m), sq.dtype)]) if pad else sq
-    out = jax.lax.map(run, sq.reshape(n_groups, per_group, P, m))
-    return tuple(a.reshape(-1, *a.shape[2:])[:S] for a in out)
+        out = run(sq)
+    else:
+        n_groups = -(-S // per_group)
+        pad = n_groups * per_group - S
+        padded = jnp.concatenate([sq, jnp.zeros((pad, P, m), sq.dtype)]) if pad else sq
+        out = jax.lax.map(run, padded.reshape(n_groups, per_group, P, m))
+        out = tuple(a.reshape(-1, *a.shape[2:])[:S] for a in out)
+    return out if inverse else _past_precision(sq, FNF, *out)
 
 
 def _curn_grads_from(sq, diag_inv, inv_d):
@@ -392,12 +443,13 @@ def _curn_grads_lapack(sq, FNF, FNr):
     y = jnp.einsum("...ij,...j->...i", W, sq * FNr)
     x = jnp.einsum("...ji,...j->...i", W, y)
     half_logdet = jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
-    return (half_logdet, jnp.sum(y * y, axis=-1)) + _curn_grads_from(sq, jnp.sum(W * W, axis=-2), x)
+    grads = _curn_grads_from(sq, jnp.sum(W * W, axis=-2), x)
+    return _past_precision(sq, FNF, half_logdet, jnp.sum(y * y, axis=-1), *grads)
 
 
 def _curn_grads_cpu(sq, FNF, FNr):
     half_logdet, quad, diag_inv, inv_d = _curn_terms_cpu(sq, FNF, FNr, inverse=True)
-    return (half_logdet, quad) + _curn_grads_from(sq, diag_inv, inv_d)
+    return _past_precision(sq, FNF, half_logdet, quad, *_curn_grads_from(sq, diag_inv, inv_d))
 
 
 def _fold_vmap(fn, fallback):
@@ -442,6 +494,8 @@ def _curn_terms(sq, FNF, FNr):
     Values: on a CPU, the batched factorisation for two or more parameter vectors; LAPACK for
     one (faster there: too few matrices to vectorise over) and on other platforms. `jax.vmap`
     folds the mapped axis into n_samples, so `vmap(like)` runs the batched path too.
+
+    Systems beyond double precision count as ln L = -inf (`_past_precision`).
 
     Derivatives with respect to sq are analytic (`_curn_grads_from`): one more triangular pass
     over the factorisation, no autodiff through it, so a gradient costs about two values.
@@ -517,6 +571,11 @@ def _hd_factor(phi_rn, phi_gw, FNF, FNr, orf):
     whitened form, A_u = I + D_u F_uu D_u = L_u L_u^T; the coupled ones form, with
     Phi_k = Gamma phi_gw(k) + diag(phi_rn(., k)) = L_k L_k^T, the system K = I + L^T B L in
     frequency-major order (i, a), B the Schur complements, v = L^T b.
+
+    Where a factorisation fails because the variances are beyond double precision (see
+    `_ROUNDOFF_TRACE`: the trace of the system's data term, for A_u tr(D_u F_uu D_u), for K
+    tr(L^T B L) = sum_(i,a) B_a,ii Phi_i,aa, at least that), the value is -inf; the last factor
+    returned, `past`, says so.
     """
     n, n_gw = phi_rn.shape[0], phi_gw.shape[0]
     c = 2 * n_gw
@@ -529,7 +588,8 @@ def _hd_factor(phi_rn, phi_gw, FNF, FNr, orf):
     Y, z = sol[:, :, :c], sol[:, :, c]  # (n, 2(n_rn-n_gw), c), (n, 2(n_rn-n_gw))
     B = FNF[:, :c, :c] - jnp.einsum("aki,akj->aij", Y, Y)  # (n, c, c)
     b = FNr[:, :c] - jnp.einsum("aki,ak->ai", Y, z)  # (n, c)
-    logdet_u = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L_u, axis1=1, axis2=2)))
+    logdet_u_a = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L_u, axis1=1, axis2=2)), axis=1)  # (n,)
+    logdet_u = jnp.sum(logdet_u_a)
     Phi = orf[None] * phi_gw[:, None, None] + jax.vmap(jnp.diag)(phi_rn[:, :n_gw].T)
     Lg = jnp.linalg.cholesky(Phi)  # (n_gw, n, n)
     Lk = jnp.repeat(Lg, 2, axis=0)  # (c, n, n): sin and cos columns share Phi_k
@@ -540,7 +600,20 @@ def _hd_factor(phi_rn, phi_gw, FNF, FNr, orf):
     y = jax.lax.linalg.triangular_solve(LK, v[:, None], left_side=True, lower=True)[:, 0]
     half_logdet_c = jnp.sum(jnp.log(jnp.diagonal(LK)))
     value = 0.5 * (jnp.sum(z * z) + jnp.sum(y * y)) - 0.5 * logdet_u - half_logdet_c
-    return value, (L_u, Y, z, Lg, Lk, LK, y)
+    # A failed factorisation leaves NaN (a zero pivot: -inf) in its log-determinant. Each
+    # failed system must have the trace of round-off (a NaN trace, from NaN input, never has);
+    # a failed A_u leaves B, and with it K, NaN, whose own check is then moot.
+    failed_u = ~jnp.isfinite(logdet_u_a)
+    t_u = jnp.sum(sq_u * sq_u * jnp.diagonal(Fuu, axis1=1, axis2=2), axis=1)
+    phi_diag = jnp.repeat(jnp.diagonal(orf) * phi_gw[:, None] + phi_rn[:, :n_gw].T, 2, axis=0)
+    t_K = jnp.sum(jnp.diagonal(B, axis1=1, axis2=2) * phi_diag.T)
+    past = jnp.where(
+        jnp.any(failed_u),
+        jnp.all(~failed_u | (t_u >= _ROUNDOFF_TRACE)),
+        ~jnp.isfinite(half_logdet_c) & (t_K >= _ROUNDOFF_TRACE),
+    )
+    value = jnp.where(past, -jnp.inf, value)
+    return value, (L_u, Y, z, Lg, Lk, LK, y, past)
 
 
 def _hd_value(phi_rn, phi_gw, FNF, FNr, orf):
@@ -556,8 +629,10 @@ def _hd_value_and_grads(phi_rn, phi_gw, FNF, FNr, orf):
     - uncoupled component j of pulsar a: d/d ln phi_j = 1/2 [(L_u^-T (I + Y Sigma_a Y^T)
       L_u^-1)_jj + (L_u^-T (z - Y mu_a))_j^2 - 1], with Sigma_a, mu_a the pulsar's block of the
       coupled coefficients' posterior covariance L K^-1 L^T and mean L q.
+
+    Both derivatives are zero where the value is -inf beyond double precision (`_hd_factor`).
     """
-    value, (L_u, Y, z, Lg, Lk, LK, y) = _hd_factor(phi_rn, phi_gw, FNF, FNr, orf)
+    value, (L_u, Y, z, Lg, Lk, LK, y, past) = _hd_factor(phi_rn, phi_gw, FNF, FNr, orf)
     n, n_gw = phi_rn.shape[0], phi_gw.shape[0]
     c = 2 * n_gw
     WK = _tri_inv(LK).reshape(c * n, c, n)  # rows of L_K^-1, columns (i, a)
@@ -576,7 +651,8 @@ def _hd_value_and_grads(phi_rn, phi_gw, FNF, FNr, orf):
     mean_u = jnp.einsum("akj,ak->aj", P, z - jnp.einsum("aki,ai->ak", Y, mu)) ** 2
     g_log_u = 0.5 * (diag_u + mean_u - 1.0)  # d/d ln phi per sin/cos component
     g_rn_u = g_log_u.reshape(n, -1, 2).sum(axis=-1) / phi_rn[:, n_gw:]
-    return value, jnp.concatenate([g_rn_c, g_rn_u], axis=1), g_gw
+    g_rn = jnp.concatenate([g_rn_c, g_rn_u], axis=1)
+    return value, jnp.where(past, 0.0, g_rn), jnp.where(past, 0.0, g_gw)
 
 
 #: Bytes of coupled systems evaluated together under `jax.vmap` on a CPU. Larger batches are

@@ -22,6 +22,7 @@ import pytest
 import scipy.linalg
 
 from ptaflow._paths import DATA_DIR
+from ptaflow.compare import CompareSettings, comparison_posterior
 from ptaflow.data import array_span, load_feather, load_noise_dict, load_reduced, reduce_pta
 from ptaflow.errors import DataError, ParameterError, PulsarNotFoundError
 from ptaflow.likelihood import (
@@ -460,6 +461,63 @@ def test_shipped_cache_likelihood_on_best_pulsars(cache48, corr):
         np.testing.assert_allclose(
             curn.batch(thetas), make_likelihood(best).batch(thetas), rtol=1e-10
         )
+
+
+# --- common-process variances beyond double precision ---------------------------------------------
+
+#: igw_2p along a ray of growing tensor tilt n_t at log10_r = -0.01 (near its prior bound of 0),
+#: red noise at the prior medians: h^2 Omega_GW, and with it the common variance, grows from
+#: ~1e-3 s^2 (n_t = 2) to ~4e27 s^2 (n_t = 6), ln L falling ~2000 per unit of n_t.
+HUGE_RAY_NT = np.arange(2.0, 6.01, 0.25)
+HUGE_LOG10_R = -0.01
+
+
+@pytest.fixture(scope="module")
+def igw_10psr():
+    return {
+        c: comparison_posterior("igw_2p", CompareSettings(mode="full", pulsars=10, correlation=c))
+        for c in ("curn", "hd")
+    }
+
+
+@pytest.mark.parametrize("corr", ["curn", "hd"])
+def test_ln_l_falls_to_minus_infinity_as_the_common_variance_outgrows_double_precision(
+    igw_10psr, corr
+):
+    """ln L of a common variance without bound tends to -inf (-1/2 ln det C dominates). Where the
+    variance is so large that the whitened system I + D FNF D is no longer positive definite in
+    double precision (phi FNF ~ 1e16 and more, n_t >~ 2.6 here), ln L is -inf, never NaN, with a
+    finite gradient; along the ray it falls monotonically from the data's preferred region on.
+    A factorisation that fails for another reason, here a NaN parameter, still gives NaN."""
+    like = igw_10psr[corr].likelihood
+    assert like.correlation == corr
+    rn = np.tile([-15.5, 3.5], like.n_psr)  # red-noise prior medians
+    nts = (*HUGE_RAY_NT, 5.99, np.nan)
+    thetas = jnp.asarray([np.concatenate([rn, [nt, HUGE_LOG10_R]]) for nt in nts])
+    n_ray = len(HUGE_RAY_NT)
+    batched = np.asarray(eqx.filter_jit(like.batch)(thetas))  # CPU: the blocked factorisation
+    value, grad = eqx.filter_jit(lambda lk_, t: jax.vmap(jax.value_and_grad(lk_))(t))(like, thetas)
+    assert np.isnan(batched[-1]) and np.isnan(value[-1])
+    batched, value, grad = batched[:-1], np.asarray(value[:-1]), np.asarray(grad[:-1])
+    one_value = eqx.filter_jit(like)
+    one_grad = eqx.filter_jit(lambda lk_, t: jax.value_and_grad(lk_)(t))
+    for i in (n_ray - 1, n_ray):  # n_t = 6 and 5.99, one vector at a time (LAPACK on a CPU)
+        v1, g1 = one_grad(like, thetas[i])
+        assert float(one_value(thetas[i])) == float(v1) == -np.inf
+        assert np.all(np.isfinite(np.asarray(g1)))
+    for values in (batched, value):
+        assert not np.any(np.isnan(values))
+        assert not np.any(values == np.inf)
+        assert values[-1] == values[n_ray - 1] == -np.inf  # the limit, at the prior bound
+        ray = values[:n_ray]
+        assert np.isfinite(ray[0]) and np.all(ray[1:] <= ray[:-1])  # -inf stays -inf
+        finite = ray[np.isfinite(ray)]  # n_t <= 2.5 here; close to the breakdown (t ~ 1e15)
+        # round-off makes paths differ, by 1e-4 at n_t = 2.5, but ln L falls ~500 per step
+        assert len(finite) >= 2 and np.all(np.diff(finite) < -100.0)
+    assert np.all(np.isfinite(grad))
+    # ray[0] lies beyond the preferred tilt: ln L is larger at smaller n_t
+    back = jnp.asarray(np.concatenate([rn, [HUGE_RAY_NT[0] - 0.5, HUGE_LOG10_R]]))
+    assert float(one_value(back)) > batched[0]
 
 
 # --- free-spectrum refit likelihood ---------------------------------------------------------------
