@@ -11,9 +11,10 @@ from the pool by weight. Samples far out where q is too thin carry large weights
 flow out to them, round by round. With `TrainConfig.refine_anneal_ess` the rounds start at a
 tempered target and raise its beta round by round.
 
-`fit_to_weighted_draws` fits a new flow by the same steps to a fixed pool drawn from another
+`fit_to_weighted_draws` fits a flow by the same steps to a fixed pool drawn from another
 density q whose draws reach all of p (weights p / q): in refit mode, one and two parameters,
-the defensive component of prior and quadrature grid (`ptaflow.proposal`).
+the trained flow is carried on to the defensive component of prior and quadrature grid
+(`ptaflow.proposal`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..diagnostics import importance_ess, psis
 from ..errors import ParameterError
 from ..settings import FlowConfig, TrainConfig
 from .construction import draw_with_log_q, make_flow, partition
-from .optimizers import decaying_optimizer
+from .optimizers import decaying_optimizer, optimizer
 from .targets import target_parts
 
 __all__ = [
@@ -158,38 +159,50 @@ def refine_done(ess: list[float], config: TrainConfig, betas: list[float] | None
 
 
 def fit_to_weighted_draws(
-    key, z, log_w, flow_config: FlowConfig, config: TrainConfig, rounds: int
+    key,
+    z,
+    log_w,
+    flow_config: FlowConfig,
+    config: TrainConfig,
+    rounds: int,
+    init: Transformed | None = None,
 ) -> Transformed:
-    """A new flow fitted by forward KL to a density p known through weighted draws of another.
+    """A flow fitted by forward KL to a density p known through weighted draws of another.
 
-    The flow starts at the pool's weighted mean and covariance; each of `rounds` rounds takes
-    `config.refine_steps` maximum-likelihood steps on batches of `config.refine_batch` points
-    resampled from the pool by its Pareto-smoothed weights, the rate decaying from
-    `config.refine_learning_rate` to 1 % of it.
+    Each of `rounds` rounds takes `config.refine_steps` maximum-likelihood steps on batches of
+    `config.refine_batch` points resampled from the pool by its Pareto-smoothed weights. A new
+    flow (`init` None) starts at the pool's weighted mean and covariance, with the rate
+    decaying from `config.refine_learning_rate` to 1 % of it (the pool is fixed, and at a
+    constant rate the last steps' noise stays in the flow). A flow given as `init` is carried
+    on at the refinement's constant rate: its steps are the compiled steps of the training's
+    own refinement rounds (`refine_round`), so nothing compiles anew.
 
     Args:
         key: JAX random key.
         z: (n, n_dim) draws of a density q whose support holds p's.
         log_w: (n,) ln p - ln q at them (p may be unnormalised; -inf where it is zero).
-        flow_config: the new flow's architecture.
+        flow_config: the new flow's architecture (unused with `init`).
         config: steps, batch and rate of each round.
         rounds: how many rounds.
+        init: a flow to start from (e.g. one trained on p), or None.
     """
     z = np.asarray(z, dtype=np.float64)
     log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
     if not np.any(np.isfinite(log_w)):
         raise ParameterError("the target is not finite at any draw of the pool a flow is fit to")
-    w = np.exp(log_w - np.max(log_w))
-    w = w / w.sum()
-    loc = w @ z
-    d = z - loc
-    cov = (d * w[:, None]).T @ d + 1e-9 * np.eye(z.shape[1])
     key_flow, key_rounds = jax.random.split(key)
-    flow = make_flow(key_flow, z.shape[1], config=flow_config, loc=loc, cov=cov)
+    if init is None:
+        w = np.exp(log_w - np.max(log_w))
+        w = w / w.sum()
+        loc = w @ z
+        d = z - loc
+        cov = (d * w[:, None]).T @ d + 1e-9 * np.eye(z.shape[1])
+        flow = make_flow(key_flow, z.shape[1], config=flow_config, loc=loc, cov=cov)
+        opt = decaying_optimizer(config, rounds * config.refine_steps)
+    else:
+        flow = init
+        opt = optimizer(config, config.refine_learning_rate)
     params, static = partition(flow)
-    # the rate decays over the rounds (cosine, to 1 %): the pool is fixed, and at a constant
-    # rate the last steps' noise stays in the flow
-    opt = decaying_optimizer(config, rounds * config.refine_steps)
     opt_state = opt.init(params)
     z = jnp.asarray(z)
     for r in range(rounds):
