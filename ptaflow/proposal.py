@@ -81,8 +81,8 @@ REFIT_DEFENSIVE_FRACTION = 0.5
 #: batches resampled from them, carrying on the trained flow. Over 8 seeds of the 14 built-in
 #: models of one and two parameters, 6 rounds from the trained flow gave importance khat
 #: < 0.5 in as many fits as 30 rounds of a new flow from the pool's moments (103 and 104 of
-#: 112) at a fifth of the steps (0.3 s per model on two CPU cores against 1.2-1.5 s); 10
-#: rounds of a new flow gave 98.
+#: 112) at a fifth of the steps (0.3 s per model on two CPU cores against 1.2-1.5 s), and
+#: no fit flagged; 10 rounds of a new flow gave 98 and two flagged.
 COMPONENT_POOL = 16384
 COMPONENT_FIT_ROUNDS = 6
 
