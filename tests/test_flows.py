@@ -259,6 +259,41 @@ def test_a_flow_fitted_to_weighted_draws_of_another_density_recovers_the_banana(
         refine_module.fit_to_weighted_draws(key_fit, zq, np.full(len(zq), -np.inf), config, cfg, 1)
 
 
+def test_a_flow_carried_on_to_wider_weighted_draws_recovers_the_tails_it_missed():
+    """`fit_to_weighted_draws(..., init=flow)`: a flow fitted to draws of a narrow Gaussian
+    q = N(0, 0.6^2 I) misses the banana's tails (its variance of z_1 falls short of 1.5 by more
+    than the tolerance, importance ESS below 50 %), as a flow trained on its own draws misses
+    what they never reach. Carried on for six rounds to draws of a wide one, N(0, 3^2 I),
+    which reach the tails, it has the banana's moments (tolerances as above) and an ESS above
+    90 %. (khat is not asserted: for such near-equal weights its estimate scatters with the
+    fit; from flows fitted to q of scale 0.6-1.0 and carried on for 6-15 rounds it took
+    values from 0.13 to 0.87 at ESS of 92-98 %.)"""
+    cfg = TrainConfig(max_steps=0, refine_learning_rate=3e-3)
+    config = FlowConfig(family="coupling", flow_layers=4, nn_width=32)
+    key_n, key_w, key_fit, key_check = jax.random.split(jax.random.key(12), 4)
+
+    def pool(key, scale):
+        zq = scale * np.asarray(jax.random.normal(key, (16384, 2)))
+        log_q = multivariate_normal(np.zeros(2), scale**2 * np.eye(2)).logpdf(zq)
+        return zq, np.asarray(jax.vmap(_banana)(jnp.asarray(zq))) - log_q
+
+    def draws(flow):
+        z = np.asarray(flow.sample(key_check, (20000,)))
+        return z, importance_ess(np.asarray(jax.vmap(_banana)(jnp.asarray(z)) - _log_q(flow, z)))
+
+    narrow = refine_module.fit_to_weighted_draws(key_fit, *pool(key_n, 0.6), config, cfg, 30)
+    z, ess = draws(narrow)
+    assert abs(z[:, 1].var() - 1.5) > 0.15 and ess < 0.5 * len(z)
+    flow = refine_module.fit_to_weighted_draws(
+        key_fit, *pool(key_w, 3.0), config, cfg, 6, init=narrow
+    )
+    z, ess = draws(flow)
+    assert ess > 0.9 * len(z)
+    assert abs(z[:, 0].mean()) < 0.05 and abs(z[:, 0].var() - 1.0) < 0.1
+    assert abs(z[:, 1].mean() - 0.5) < 0.05 * np.sqrt(1.5)
+    assert abs(z[:, 1].var() - 1.5) < 0.15
+
+
 class _TwoModes(AbstractPosterior):
     """A posterior for the annealed refinement: prior N(0, 3^2) per coordinate of
     z (the identity map to theta) and a likelihood of two equal, narrow Gaussian bumps at
