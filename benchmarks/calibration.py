@@ -37,6 +37,9 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+from scipy import special
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -47,6 +50,13 @@ def _pipeline():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _max_weight_ratio(log_weights) -> float:
+    """The largest importance weight over their mean."""
+    lw = np.asarray(log_weights, dtype=float)
+    lw = lw[np.isfinite(lw)]
+    return float(np.exp(lw.max() - special.logsumexp(lw) + math.log(lw.size)))
 
 
 def _rms(values) -> float:
@@ -102,7 +112,7 @@ def main(argv=None) -> None:
     jax.config.update("jax_enable_x64", True)
     import ptaflow
     from ptaflow.compare import CompareSettings, comparison_posterior, evaluate_model
-    from ptaflow.diagnostics import psis_khat
+    from ptaflow.diagnostics import importance_ess, psis_khat
     from ptaflow.models import list_models, load_model
 
     ptaflow.limit_blas_threads()
@@ -160,6 +170,11 @@ def main(argv=None) -> None:
                 "khat": outcome.khat,
                 # the flow's own draws alone (the proposal's khat above includes the component)
                 "khat_flow_draws": psis_khat(fit.log_weights[: fit.n_flow]) if fit else math.nan,
+                # how even the weights are: Kish ESS / n and the largest weight over the mean
+                "ess_fraction": importance_ess(fit.log_weights) / fit.log_weights.size
+                if fit
+                else math.nan,
+                "max_weight_ratio": _max_weight_ratio(fit.log_weights) if fit else math.nan,
                 "wall_s": round(outcome.wall_time_s, 2),
             }
             for est, value, err in (
@@ -187,6 +202,7 @@ def main(argv=None) -> None:
             "khat_max": max(r["khat"] for r in runs),
             "khat_below_0_5": sum(r["khat"] < 0.5 for r in runs),
             "khat_median": statistics.median(r["khat"] for r in runs),
+            "max_weight_ratio_max": max(r["max_weight_ratio"] for r in runs),
             "runs": runs,
             "wall_s": round(time.perf_counter() - t0, 2),
             "label": args.label,
