@@ -73,7 +73,8 @@ class PosteriorFit:
         posterior: the target.
         flow: the trained flow on unconstrained z.
         flow_config, train_config: how it was built and trained.
-        info: training record.
+        info: training record (of the training; in refit mode up to two parameters the
+            flow was then carried on to the defensive component, `ptaflow.proposal`).
         z: (n, n_dim) importance samples in z: the flow's draws, then (with a defensive
             component) the component's draws; log_q: the proposal's log-density at them (the
             defensive mixture's when there is one).
@@ -250,7 +251,7 @@ def fit_posterior(
         timings: a `ptaflow.profiling.PhaseTimes` to record the phases in: those of
             `fit_variational`, then "samples" (the importance samples and their target values) and,
             in refit mode up to two parameters, "evidence_quadrature" and "component_fit" (the
-            flow drawn from, fitted anew to the defensive component: `ptaflow.proposal`).
+            trained flow carried on to the defensive component: `ptaflow.proposal`).
         noise_only: the noise-only model of the same pulsars, data and red-noise priors, if
             already computed (e.g. `fit.noise_only` of another SGWB model's fit): it is
             re-bound to this posterior (`NoiseOnlyPosterior.for_posterior`, which checks that

@@ -260,7 +260,7 @@ def default_defensive(posterior: Posterior) -> float:
 class Draws:
     """Importance samples in z (the flow's draws first, then the component's), the proposal's
     ln density at them, ln L and ln pi + ln|J|; how many are flow draws; the flow they came
-    from (in refit mode, one or two parameters, the one fitted to the component); the
+    from (in refit mode, one or two parameters, the one carried on to the component); the
     defensive component (noise-only posterior or `PriorComponent`, else None); and in refit
     mode, one or two parameters, the quadrature behind the component or why there is none."""
 
