@@ -32,6 +32,7 @@ import time
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy import special
 
@@ -44,7 +45,9 @@ from .posterior import AbstractPosterior
 __all__ = [
     "MAX_POINTS",
     "MAX_DIM",
+    "UNIT_CUBE",
     "GridDensity",
+    "ProbitMap",
     "estimate_evidence_quadrature",
     "quadrature_grid",
 ]
@@ -66,6 +69,9 @@ _MAX_WIDENINGS = 2
 #: of the integral (each time doubling its span there).
 _MAX_GROWTHS = 3
 _EDGE_TOLERANCE = 1e-6
+#: The bounds of a grid in the unit cube (`ProbitMap`): its faces s = 0 and 1 are z = -inf and
+#: inf; at 1e-12 (|z| = 7.03) the part left out holds 1e-12 of the prior's range per face.
+UNIT_CUBE = (1e-12, 1.0 - 1e-12)
 #: Points per axis of the locating grid, by dimension.
 _COARSE = {1: 2001, 2: 65, 3: 33}
 
@@ -89,9 +95,12 @@ def _trapezoid_log_sum(lt: np.ndarray, step: int) -> float:
     return float(special.logsumexp(sub + log_w))
 
 
-def _edge_fraction(lt: np.ndarray, log_total: float) -> float:
-    """Fraction of exp(lt)'s sum on the grid's outermost layer."""
-    inner = lt[tuple(slice(1, -1) for _ in range(lt.ndim))]
+def _edge_fraction(lt: np.ndarray, log_total: float, free: np.ndarray | None = None) -> float:
+    """Fraction of exp(lt)'s sum on the grid's outermost layer: on its faces that `free`
+    ((n_dim, 2): lower, upper) marks, all faces by default (a face on a bound of the grid's
+    space is the integrand's own edge, not a cut)."""
+    free = np.ones((lt.ndim, 2), dtype=bool) if free is None else free
+    inner = lt[tuple(slice(int(lo), -1 if hi else None) for lo, hi in free)]
     log_inner = float(special.logsumexp(inner)) if inner.size else -math.inf
     return float(-np.expm1(min(0.0, log_inner - log_total)))
 
@@ -117,10 +126,11 @@ def _checked(lt: np.ndarray) -> np.ndarray:
     return lt
 
 
-def _locate(evaluate, lo, hi, n_coarse: int):
+def _locate(evaluate, lo, hi, n_coarse: int, clip):
     """The box of the coarse-grid cells within `_LOG_RANGE` of the largest value, two cells
     wider on each side, after widening the search box while those cells touch its edge;
     returns (lower, upper, widenings)."""
+    lo, hi = clip(lo, hi)
     for widenings in range(_MAX_WIDENINGS + 1):
         axes = [np.linspace(a, b, n_coarse) for a, b in zip(lo, hi, strict=True)]
         lt = _checked(_grid_values(evaluate, axes))
@@ -129,12 +139,15 @@ def _locate(evaluate, lo, hi, n_coarse: int):
         if not any(edge) or widenings == _MAX_WIDENINGS:
             break
         span = hi - lo
-        lo, hi = lo - 0.5 * span, hi + 0.5 * span
+        wider = clip(lo - 0.5 * span, hi + 0.5 * span)
+        if np.array_equal(wider[0], lo) and np.array_equal(wider[1], hi):
+            break  # the box fills its bounds
+        lo, hi = wider
     idx = np.nonzero(keep)
     step = (hi - lo) / (n_coarse - 1)
     lower = np.array([ax[i.min()] for ax, i in zip(axes, idx, strict=True)]) - 2 * step
     upper = np.array([ax[i.max()] for ax, i in zip(axes, idx, strict=True)]) + 2 * step
-    return lower, upper, widenings
+    return (*clip(lower, upper), widenings)
 
 
 def estimate_evidence_quadrature(
@@ -144,6 +157,7 @@ def estimate_evidence_quadrature(
     bijection=None,
     max_points: int = MAX_POINTS,
     max_dim: int = MAX_DIM,
+    bounds: tuple[float, float] | None = None,
 ) -> EvidenceResult:
     """ln Z of a low-dimensional target by the trapezoid rule on a grid (see the module).
 
@@ -159,6 +173,8 @@ def estimate_evidence_quadrature(
             grid resolves although the posterior in z is narrow, curved or skewed.
         max_points: the fine grid's size limit (points).
         max_dim: the largest dimension accepted.
+        bounds: (lower, upper) that every box stays within, on every axis of the grid's
+            space (`UNIT_CUBE` with `ProbitMap`), or None (no bounds).
 
     Returns:
         EvidenceResult with method "quadrature"; diagnostics: n_points, points_per_axis,
@@ -173,7 +189,12 @@ def estimate_evidence_quadrature(
             a grid, or no grid point with a finite target.
     """
     return quadrature_grid(
-        log_target, samples, bijection=bijection, max_points=max_points, max_dim=max_dim
+        log_target,
+        samples,
+        bijection=bijection,
+        max_points=max_points,
+        max_dim=max_dim,
+        bounds=bounds,
     )[0]
 
 
@@ -184,6 +205,7 @@ def quadrature_grid(
     bijection=None,
     max_points: int = MAX_POINTS,
     max_dim: int = MAX_DIM,
+    bounds: tuple[float, float] | None = None,
 ) -> tuple[EvidenceResult, GridDensity]:
     """`estimate_evidence_quadrature`'s estimate and the grid's integrand as a density
     (`GridDensity`: a proposal that holds whatever mass the grid resolved). Same arguments
@@ -210,14 +232,23 @@ def quadrature_grid(
         x = fixed_chunks(lambda z: _inverse_and_log_det(bijection, z), x, TARGET_CHUNK)[0]
     lo, hi = x.min(axis=0), x.max(axis=0)
     span = np.maximum(hi - lo, 1e-6)
-    lo, hi, widenings = _locate(evaluate, lo - span, hi + span, _COARSE.get(n_dim, 41))
+
+    def clip(lower, upper):
+        if bounds is None:
+            return lower, upper
+        return np.clip(lower, *bounds), np.clip(upper, *bounds)
+
+    lo, hi, widenings = _locate(evaluate, lo - span, hi + span, _COARSE.get(n_dim, 41), clip)
     n_axis = _axis_points(n_dim, int(max_points))
     for growths in range(_MAX_GROWTHS + 1):
         axes = [np.linspace(a, b, n_axis) for a, b in zip(lo, hi, strict=True)]
         lt = _checked(_grid_values(evaluate, axes))
         log_volume = float(np.sum(np.log((hi - lo) / (n_axis - 1))))
         log_z = _trapezoid_log_sum(lt, 1) + log_volume
-        faces = _face_fractions(lt, log_z - log_volume)
+        free = np.ones((n_dim, 2), dtype=bool)
+        if bounds is not None:  # a face on a bound is the integrand's own edge
+            free = np.stack([lo > bounds[0], hi < bounds[1]], axis=1)
+        faces = np.where(free, _face_fractions(lt, log_z - log_volume), 0.0)
         if not (faces > _EDGE_TOLERANCE).any() or growths == _MAX_GROWTHS:
             break
         # Mass on a face: the locating grid missed part of the posterior (a ridge thinner
@@ -225,8 +256,9 @@ def quadrature_grid(
         span = hi - lo
         lo = np.where(faces[:, 0] > _EDGE_TOLERANCE, lo - span, lo)
         hi = np.where(faces[:, 1] > _EDGE_TOLERANCE, hi + span, hi)
+        lo, hi = clip(lo, hi)
     log_z_coarse = _trapezoid_log_sum(lt, 2) + log_volume + n_dim * math.log(2.0)
-    edge = _edge_fraction(lt, log_z - log_volume)
+    edge = _edge_fraction(lt, log_z - log_volume, free)
     # The two grids' difference, the edge's share, what the box leaves out (about e^-25 per
     # core volume of cells below e^-25 of the peak), and the rounding of a sum of n terms.
     err = abs(log_z_coarse - log_z) + edge + math.exp(-_LOG_RANGE)
@@ -369,3 +401,19 @@ def _grid_values(evaluate, axes) -> np.ndarray:
     """The log integrand on the grid of `axes` (shape (n,) * n_dim)."""
     mesh = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(axes))
     return np.asarray(evaluate(mesh), dtype=np.float64).reshape((axes[0].size,) * len(axes))
+
+
+class ProbitMap(eqx.Module):
+    """The bijection z = Phi^-1(s) per coordinate (Phi: the standard normal CDF), from the unit
+    cube to z, with log |det dz/ds| = sum(z^2 / 2) + n ln sqrt(2 pi). A prior on a finite
+    interval maps theta to z by this same probit (`ptaflow.priors`), so s is theta rescaled to
+    [0, 1]: a grid in s is a grid in the prior's box, where a posterior that runs into a prior
+    edge ends on a face of the box instead of in a tail in z (`UNIT_CUBE` bounds it)."""
+
+    def transform_and_log_det(self, s, condition=None):
+        z = jax.scipy.special.ndtri(s)
+        return z, jnp.sum(0.5 * z**2) + 0.5 * z.size * math.log(2.0 * math.pi)
+
+    def inverse_and_log_det(self, z, condition=None):
+        s = jax.scipy.special.ndtr(z)
+        return s, -jnp.sum(0.5 * z**2) - 0.5 * z.size * math.log(2.0 * math.pi)
