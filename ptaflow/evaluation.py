@@ -466,7 +466,7 @@ def _run_model(
         )
     say(f"importance sampling: ESS {fit.ess:.0f} of {fit.z.shape[0]}, khat {fit.khat:.2f}")
     with timings.phase("evidence_importance"):
-        imp = estimate_evidence_importance(fit.log_target, fit.log_q)
+        imp = estimate_evidence_importance(fit.log_target, fit.log_q, strata=fit.strata)
     # Refit mode, one or two parameters: the quadrature behind the defensive component.
     quad = fit.quadrature
     quad_warnings = quad.warnings if quad is not None else ()

@@ -202,7 +202,9 @@ def _khat_warnings(khat: float, n: int, what: str) -> list[str]:
     return []
 
 
-def estimate_evidence_importance(log_target, log_q, *, min_ess: float = 100.0) -> EvidenceResult:
+def estimate_evidence_importance(
+    log_target, log_q, *, min_ess: float = 100.0, strata=None
+) -> EvidenceResult:
     """Evidence by importance sampling, Z = E_q[L pi / q].
 
     With theta_i ~ q, the log weights are lw_i = log_target_i - log_q_i and
@@ -211,6 +213,13 @@ def estimate_evidence_importance(log_target, log_q, *, min_ess: float = 100.0) -
     error quoted on ln Z. It is meaningful only when the weights have a finite variance
     (Pareto khat < 0.5); khat is estimated with PSIS (Vehtari et al., arXiv:1507.02646).
 
+    A mixture q = sum_j (n_j / n) q_j sampled with fixed counts, n_j draws from each q_j
+    (`strata`), has the variance sum_j n_j var_j(w) / n^2, var_j within block j (Owen &
+    Zhou 2000, JASA 95, 135): the spread of random counts, which the formula above counts,
+    is absent. With a component whose draws mostly fall where the posterior is not (weights
+    near 0), that spread is most of the variance: the two-parameter refit proposals'
+    errors are about half as large this way.
+
     Args:
         log_target: Unnormalised log posterior ln L + ln pi (normalised prior, including
             the log-Jacobian of q's parametrisation) at the samples, shape (n_samples,);
@@ -218,6 +227,9 @@ def estimate_evidence_importance(log_target, log_q, *, min_ess: float = 100.0) -
         log_q: Normalised log density of the proposal at the same samples, shape
             (n_samples,), finite.
         min_ess: Warn when the Kish effective sample size is below this.
+        strata: sizes of consecutive blocks of the samples, each drawn with a fixed count
+            from one of q's components (they sum to n), or None (one block: the samples are
+            independent draws of q).
 
     Returns:
         EvidenceResult with method "importance"; diagnostics: khat, khat_threshold, ess,
@@ -251,7 +263,13 @@ def estimate_evidence_importance(log_target, log_q, *, min_ess: float = 100.0) -
         )
     log_evidence = float(special.logsumexp(lw) - math.log(n))
     ess = importance_ess(lw)
-    err = math.sqrt(max(1.0 / ess - 1.0 / n, 0.0))
+    blocks = _blocks(strata, n)
+    if len(blocks) == 1:
+        err = math.sqrt(max(1.0 / ess - 1.0 / n, 0.0))
+    else:  # sum_j n_j var_j(w) / (n mean(w))^2, weights scaled by their largest
+        w = np.exp(lw - np.max(lw))
+        parts = np.split(w, np.cumsum(blocks)[:-1])
+        err = math.sqrt(sum(b.size * float(np.var(b)) for b in parts)) / float(np.sum(w))
     smoothed, khat = psis(lw)
     diagnostics = {
         "khat": khat,
@@ -261,6 +279,7 @@ def estimate_evidence_importance(log_target, log_q, *, min_ess: float = 100.0) -
         "log_evidence_psis": float(special.logsumexp(smoothed) - math.log(n)),
         "n_zero_weight": int(np.sum(lw == -np.inf)),
         "log_weight_max": float(np.max(lw)),
+        "strata": list(blocks),
     }
     warnings = _khat_warnings(khat, n, "importance weights")
     if ess < min_ess:
@@ -278,6 +297,18 @@ def estimate_evidence_importance(log_target, log_q, *, min_ess: float = 100.0) -
         warnings=tuple(warnings),
         wall_time_s=time.perf_counter() - start,
     )
+
+
+def _blocks(strata, n: int) -> tuple[int, ...]:
+    """`estimate_evidence_importance`'s strata, checked: positive counts that sum to n."""
+    if strata is None:
+        return (n,)
+    blocks = tuple(int(b) for b in strata)
+    if any(b < 1 for b in blocks) or sum(blocks) != n:
+        raise ParameterError(
+            f"strata={list(strata)}: expected positive block sizes that sum to the {n} samples"
+        )
+    return blocks
 
 
 # ---------------------------------------------------------------------------------------

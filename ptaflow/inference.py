@@ -88,6 +88,9 @@ class PosteriorFit:
         quadrature: refit mode, one or two parameters: ln Z by quadrature on the grid behind
             the defensive component (`ptaflow.quadrature`), else None;
             quadrature_failure: why there is none where one was tried (the grid's error).
+        strata: sizes of the blocks of samples drawn with fixed counts (refit mode with the
+            prior component: flow, prior, grid), whose variances make the importance error
+            (`ptaflow.evidence.estimate_evidence_importance`), or None (one sample).
     """
 
     posterior: Posterior
@@ -106,6 +109,7 @@ class PosteriorFit:
     prior_component: PriorComponent | None = None
     quadrature: EvidenceResult | None = None
     quadrature_failure: str = ""
+    strata: tuple[int, ...] | None = None
 
     @property
     def defensive_component(self) -> NoiseOnlyPosterior | PriorComponent | None:
@@ -124,9 +128,10 @@ class PosteriorFit:
 
     @property
     def log_evidence(self) -> tuple[float, float]:
-        """ln Z by importance sampling and its standard error sqrt(1/ESS - 1/n)
-        (`ptaflow.evidence.estimate_evidence_importance`; meaningful when khat < 0.7)."""
-        result = estimate_evidence_importance(self.log_target, self.log_q)
+        """ln Z by importance sampling and its standard error (sqrt(1/ESS - 1/n), or from the
+        variances of the `strata`: `ptaflow.evidence.estimate_evidence_importance`;
+        meaningful when khat < 0.7)."""
+        result = estimate_evidence_importance(self.log_target, self.log_q, strata=self.strata)
         return result.log_evidence, result.log_evidence_err
 
     @property
@@ -313,6 +318,7 @@ def fit_posterior(
         prior_component=draws.prior_component,
         quadrature=draws.quadrature,
         quadrature_failure=draws.quadrature_failure,
+        strata=draws.strata,
     )
 
 

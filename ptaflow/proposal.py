@@ -6,17 +6,17 @@ alpha q_0 (alpha = `DEFENSIVE_FRACTION` by default), q_0 the exact noise-only re
 posterior times the common process's prior (`ptaflow.noise_only`). It gives the no-signal
 plateau of the common amplitude, which a flow fitted by reverse KL leaves out, its exact mass,
 and the fit reports ln Z_0 and the Bayes factor of the common process against noise alone.
-In refit mode, up to `REFIT_DEFENSIVE_MAX_DIM` parameters, q_0 is an equal mixture of the
-prior (in z) and the integrand of the quadrature grid that gives the third ln Z
-(`PriorComponent`, `ptaflow.quadrature.GridDensity`): the prior bounds the weights p / q by
-L / (alpha Z) where the flow's tails are thinner than the posterior's (a one-parameter model
-whose posterior reaches a prior edge has a Gaussian tail in z that the flow's tail misses),
-and the grid puts draws wherever the posterior has mass that the flow left out. There the
-flow that the importance samples come from is then carried on by forward KL to the
-component's weighted draws (`ptaflow.flows.refine.fit_to_weighted_draws`), which reach
-every region that the grid or the prior holds, where the flow trained on its own draws never
-looks (the tail in z of a posterior along a prior edge, which such a flow cuts off, and where
-the component's draws carried weights near 1 / alpha, importance khat 0.5-1.1).
+In refit mode, up to `REFIT_DEFENSIVE_MAX_DIM` parameters, q_0 is a mixture of the prior
+(in z) and the integrand of the quadrature grid that gives the third ln Z (`PriorComponent`,
+`ptaflow.quadrature.GridDensity`), and q_0 draws most of the samples
+(`REFIT_DEFENSIVE_FRACTION`): the grid holds every region that it resolved, the prior bounds
+the weights p / q by L / (alpha Z) outside it. With two parameters whose priors are finite
+intervals the grid lies in the prior's box (the unit cube of theta rescaled,
+`ptaflow.quadrature.ProbitMap`): a posterior that runs into a prior edge ends there on a face
+of the box, where in z it has a tail that the flow's splines do not reach, and in the flow's
+latent space a sliver that the flow's far tail maps erratically, thinner than the grid's
+cells. The flow that draws the rest is carried on by forward KL to the component's weighted
+draws (`ptaflow.flows.refine.fit_to_weighted_draws`).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from .settings import FlowConfig, TrainConfig
 
 __all__ = [
     "COMPONENT_FIT_ROUNDS",
+    "COMPONENT_GRID_SHARE",
     "COMPONENT_POOL",
     "DEFENSIVE_FRACTION",
     "REFIT_DEFENSIVE_FRACTION",
@@ -67,14 +68,13 @@ DEFENSIVE_FRACTION = 0.05
 #: covers the tails (khat 0.18-0.49 on the NG15 models), and the component's own compilations
 #: would cost 2-5 s per model.
 REFIT_DEFENSIVE_MAX_DIM = 2
-#: Refit mode's share of defensive draws (half prior, half grid). Over 10 seeds of the 14
-#: built-in models of one and two parameters, 5 % drawn from the prior alone left the
-#: importance errors too small where the flow missed mass (RMS of (ln Z - truth) / sigma 2.7
-#: for pt_sound_2p and sigw_gauss_2p; `benchmarks/calibration.py`). A 2-D target costs little,
-#: so the share that holds what the flow missed can be large: with the flow fitted to the
-#: component's draws, importance khat was below 0.5 in 24 of 25 fits of five two-parameter
-#: models at a share of 0.5, and in 23 of 25 at 0.2 (the weights of the component's draws
-#: where the flow is thin are bounded by about 1 / share).
+#: Refit mode's share of draws from the defensive component, and the grid's share of the
+#: component (the rest: the prior). Where the flow is thinner than the posterior, p / q is at
+#: most about 1 / (share x grid share) (1.4 here), against about 1 in the core. With the grid
+#: in the flow's latent space, half of the draws from the component and half of those from the
+#: grid, the largest weights reached 11-127 times the mean where the flow and that grid both
+#: missed a prior edge, and khat was >= 0.5 in 22 of 280 fits (20 seeds of the 14 built-in
+#: models of one and two parameters, `benchmarks/calibration.py`).
 REFIT_DEFENSIVE_FRACTION = 0.8
 COMPONENT_GRID_SHARE = 0.9
 #: The refit flow's fit to its defensive component (one and two parameters): draws of the
@@ -97,7 +97,8 @@ _MAX_REDRAWS = 10
 class PriorComponent:
     """Refit mode's defensive component (`defensive_draws`): the prior, whose density in z is
     ln pi + ln|J| (the target's own prior part), and, where the quadrature grid is at hand,
-    an equal mixture of the prior and the grid's integrand (`ptaflow.quadrature.GridDensity`).
+    a mixture of the prior and the grid's integrand (`ptaflow.quadrature.GridDensity`), the
+    grid's share `COMPONENT_GRID_SHARE`.
 
     The prior bounds the weights where the flow has no mass. It is not enough where the flow
     leaves out a small region that the prior rarely reaches: pt_sound_2p's posterior runs
@@ -131,28 +132,40 @@ class PriorComponent:
             f"not finite, {_MAX_REDRAWS} times in a row"
         )
 
+    def strata(self, n: int) -> tuple[int, ...]:
+        """How many of n draws made together come from the prior and from the grid, in that
+        order (fixed counts: the estimate's variance is then the strata's, without the
+        spread of a random count; `ptaflow.evidence.estimate_evidence_importance`)."""
+        if self.grid is None:
+            return (n,)
+        n_prior = round((1.0 - COMPONENT_GRID_SHARE) * n)
+        return (n_prior, n - n_prior)
+
     def _draw(self, key, n: int) -> np.ndarray:
-        key_prior, key_pick, key_grid = jax.random.split(key, 3)
+        key_prior, key_grid = jax.random.split(key)
         theta = np.array(self.posterior.sample_prior(key_prior, n))
         if self.grid is None:
             return theta
-        # n draws of each, then a pick per row: arrays of one shape, so nothing compiles anew
-        # from one call to the next (a count that varies would retrace to_theta each time).
-        from_grid = np.asarray(jax.random.bernoulli(key_pick, COMPONENT_GRID_SHARE, (n,)))
+        # n draws of each, then the first rows from the prior, the rest from the grid: arrays
+        # of one shape, so nothing compiles anew from one call to the next.
+        from_grid = np.arange(n) >= self.strata(n)[0]
         theta_grid = np.asarray(self.posterior.to_theta(jnp.asarray(self.grid.sample(key_grid, n))))
         return np.where(from_grid[:, None], theta_grid, theta)
 
-    def log_q_z(self, theta, log_prior_z, z=None) -> np.ndarray:
-        """ln density in z at points theta = theta(z) (z: the same points, if at hand)."""
+    def log_q_z(self, theta, log_prior_z, z=None, n_draws: int | None = None) -> np.ndarray:
+        """ln density in z at points theta = theta(z) (z: the same points, if at hand) of the
+        mixture that n_draws draws made together sample: the prior and the grid in the
+        shares of `strata(n_draws)` (`COMPONENT_GRID_SHARE` for the grid where None)."""
         log_prior_z = np.asarray(log_prior_z)
         if self.grid is None:
             return log_prior_z  # the prior part of the target is this density already
         if z is None:
             z = np.asarray(self.posterior.to_unconstrained(jnp.asarray(theta)))
-        return np.logaddexp(
-            math.log1p(-COMPONENT_GRID_SHARE) + log_prior_z,
-            math.log(COMPONENT_GRID_SHARE) + self.grid.log_prob(z),
-        )
+        share = COMPONENT_GRID_SHARE if n_draws is None else self.strata(n_draws)[1] / n_draws
+        with np.errstate(divide="ignore"):
+            return np.logaddexp(
+                np.log1p(-share) + log_prior_z, np.log(share) + self.grid.log_prob(z)
+            )
 
     def weighted_draws(self, key, n: int, devices=None) -> tuple[np.ndarray, np.ndarray]:
         """n draws in z and their ln p - ln q (-inf where the target is not finite), p the
@@ -160,7 +173,7 @@ class PriorComponent:
         theta, z = self._finite_draws(key, n)
         ll, lp = target_parts(self.posterior, z, devices=devices)
         with np.errstate(invalid="ignore"):
-            log_w = ll + lp - self.log_q_z(theta, lp, z)
+            log_w = ll + lp - self.log_q_z(theta, lp, z, n_draws=n)
         return z, np.where(np.isfinite(log_w), log_w, -np.inf)
 
 
@@ -231,7 +244,10 @@ def defensive_draws(
     z = np.concatenate([z_f, z_0])
     lp = np.concatenate([lp_f, lp_0])
     theta = np.asarray(posterior.to_theta(jnp.asarray(z)))
-    log_q0 = noise.log_q_z(theta, lp, z)
+    if isinstance(noise, PriorComponent):
+        log_q0 = noise.log_q_z(theta, lp, z, n_draws=n_noise)
+    else:
+        log_q0 = noise.log_q_z(theta, lp, z)
     n_flow, n = z_f.shape[0], z.shape[0]
     log_q = np.logaddexp(
         np.log(n_flow / n) + np.concatenate([log_q_f, log_q_f0]), np.log(n_noise / n) + log_q0
@@ -273,8 +289,11 @@ class Draws:
     """Importance samples in z (the flow's draws first, then the component's), the proposal's
     ln density at them, ln L and ln pi + ln|J|; how many are flow draws; the flow they came
     from (in refit mode, one or two parameters, the one carried on to the component); the
-    defensive component (noise-only posterior or `PriorComponent`, else None); and in refit
-    mode, one or two parameters, the quadrature behind the component or why there is none."""
+    defensive component (noise-only posterior or `PriorComponent`, else None); in refit
+    mode, one or two parameters, the quadrature behind the component or why there is none;
+    and where the samples are blocks drawn with fixed counts whose variance the importance
+    estimate takes block by block (refit mode with the prior component: the flow's, the
+    prior's and the grid's draws, `PriorComponent.strata`), the blocks' sizes, else None."""
 
     z: np.ndarray
     log_q: np.ndarray
@@ -286,6 +305,7 @@ class Draws:
     prior_component: PriorComponent | None = None
     quadrature: EvidenceResult | None = None
     quadrature_failure: str = ""
+    strata: tuple[int, ...] | None = None
 
 
 def importance_draws(
@@ -346,4 +366,5 @@ def importance_draws(
         parts = defensive_draws(
             posterior, flow, noise or prior, parts, key_noise, n_noise, devices=devices
         )
-    return Draws(*parts, n_flow, flow, noise, prior, quadrature, failure)
+    strata = None if prior is None else tuple(b for b in (n_flow, *prior.strata(n_noise)) if b)
+    return Draws(*parts, n_flow, flow, noise, prior, quadrature, failure, strata)

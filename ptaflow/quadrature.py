@@ -174,7 +174,10 @@ def estimate_evidence_quadrature(
         max_points: the fine grid's size limit (points).
         max_dim: the largest dimension accepted.
         bounds: (lower, upper) that every box stays within, on every axis of the grid's
-            space (`UNIT_CUBE` with `ProbitMap`), or None (no bounds).
+            space, for a space that spans the unit interval on each axis (`UNIT_CUBE` with
+            `ProbitMap`), or None (no bounds). A face of the box on a bound is the
+            integrand's edge (no edge warning); the error counts the mass of the strips
+            between the bounds and 0 or 1, from the integrand on that face.
 
     Returns:
         EvidenceResult with method "quadrature"; diagnostics: n_points, points_per_axis,
@@ -263,6 +266,9 @@ def quadrature_grid(
     # core volume of cells below e^-25 of the peak), and the rounding of a sum of n terms.
     err = abs(log_z_coarse - log_z) + edge + math.exp(-_LOG_RANGE)
     err += math.sqrt(lt.size) * np.finfo(float).eps
+    if bounds is not None:  # the strips between the bounds and the unit interval's ends
+        gaps = np.array([bounds[0], 1.0 - bounds[1]]) / ((hi - lo) / (n_axis - 1))[:, None]
+        err += float(np.sum(np.where(free, 0.0, _face_fractions(lt, log_z - log_volume) * gaps)))
     warnings = []
     if edge > _EDGE_TOLERANCE:
         warnings.append(
