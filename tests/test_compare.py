@@ -587,16 +587,21 @@ def test_a_posterior_that_runs_into_a_prior_edge_is_held_by_the_grid_in_the_prio
     tail maps that edge erratically (z jumps by 2.5 over 0.01 in its latent space), so a grid
     there missed it: at this seed the largest importance weight was 127 times the mean and
     khat 0.58. In the prior's box the edge is a face of the grid, whose cells hold it: the
-    weights are bounded by about 1 / (defensive share x grid share) = 1.4 times the grid's
-    own p / q_grid (below 1.5 per cell, `tests/test_quadrature.py`), and khat is below 0.5."""
+    weights are at most 1 / (defensive share x grid share) = 1.4 times the grid's own
+    p / q_grid, which is near 1 but in the cells where the integrand is steepest (up to 5
+    there, in a few of 14400 grid draws). The largest weight is 2.4 times the mean (below 4
+    asserted, against 127), and khat is below 0.5."""
     from ptaflow.proposal import COMPONENT_GRID_SHARE
     from ptaflow.quadrature import ProbitMap
 
     run = CMP.evaluate_model("sigw_gauss_2p", CompareSettings(seed=12))
     o, fit = run.outcome, run.fit
     assert isinstance(fit.prior_component.grid.bijection, ProbitMap)
+    n_component = fit.z.shape[0] - fit.n_flow_draws  # flow, prior and grid draws
+    assert fit.strata == (fit.n_flow_draws, *fit.prior_component.strata(n_component))
+    assert fit.strata[1] == round((1 - COMPONENT_GRID_SHARE) * n_component)
     log_w = fit.log_weights
     largest_over_mean = 1.0 / np.mean(np.exp(log_w - log_w.max()))
-    assert largest_over_mean < 1.5 / (REFIT_DEFENSIVE_FRACTION * COMPONENT_GRID_SHARE)
+    assert largest_over_mean < 4.0
     assert o.status == "ok" and o.khat < 0.5, (o.status, o.reason, o.khat)
     _assert_both_agree_with_quadrature(o)

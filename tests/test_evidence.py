@@ -165,6 +165,42 @@ def test_importance_narrow_proposal_is_flagged():
     assert not result.ok
 
 
+def test_importance_from_fixed_counts_takes_its_error_from_each_block():
+    """A standard normal (Z = e^-2) against a mixture of three components drawn in fixed
+    counts, in the refit proposal's proportions: a flow-like normal (20 %), a wide uniform
+    "prior" whose draws mostly land where the target is not (8 %), and a near-exact "grid"
+    (72 %). The estimate's spread over 200 repeats is the blocks' variance (the pulls have
+    sd 1, standard error 0.05); the one-sample formula, which counts the spread of random
+    counts that fixed counts do not have, quotes about three times as much."""
+    log_z = -2.0
+    counts = (1400, 560, 5040)
+    parts = (stats.norm(0.0, 1.2), stats.uniform(-50.0, 100.0), stats.norm(0.02, 0.99))
+    rng = np.random.default_rng(41)
+    pulls, ratios = [], []
+    for _ in range(200):
+        x = np.concatenate(
+            [q.rvs(size=m, random_state=rng) for q, m in zip(parts, counts, strict=True)]
+        )
+        log_q = special.logsumexp(
+            [np.log(m / sum(counts)) + q.logpdf(x) for q, m in zip(parts, counts, strict=True)],
+            axis=0,
+        )
+        log_target = log_z + stats.norm.logpdf(x)
+        blocks = estimate_evidence_importance(log_target, log_q, strata=counts)
+        one = estimate_evidence_importance(log_target, log_q)
+        assert blocks.log_evidence == one.log_evidence
+        assert blocks.diagnostics["strata"] == list(counts)
+        pulls.append((blocks.log_evidence - log_z) / blocks.log_evidence_err)
+        ratios.append(one.log_evidence_err / blocks.log_evidence_err)
+    assert abs(np.mean(pulls)) < 3 / math.sqrt(200)
+    assert abs(np.std(pulls, ddof=1) - 1.0) < 3 / math.sqrt(2 * 199)
+    assert np.mean(ratios) > 2.0
+    with pytest.raises(ParameterError, match="sum to the 7000 samples"):
+        estimate_evidence_importance(log_target, log_q, strata=(1400, 560))
+    with pytest.raises(ParameterError, match="positive block sizes"):
+        estimate_evidence_importance(log_target, log_q, strata=(7000, 0))
+
+
 def test_importance_input_errors():
     with pytest.raises(ParameterError, match="one length"):
         estimate_evidence_importance(np.zeros(3), np.zeros(4))
