@@ -256,7 +256,8 @@ def quadrature_grid(
         free = np.ones((n_dim, 2), dtype=bool)
         if bounds is not None:  # a face on a bound is the integrand's own edge
             free = np.stack([lo > bounds[0], hi < bounds[1]], axis=1)
-        faces = np.where(free, _face_fractions(lt, log_z - log_volume), 0.0)
+        fractions = _face_fractions(lt, log_z - log_volume)
+        faces = np.where(free, fractions, 0.0)
         if not (faces > _EDGE_TOLERANCE).any() or growths == _MAX_GROWTHS:
             break
         # Mass on a face: the locating grid missed part of the posterior (a ridge thinner
@@ -273,7 +274,7 @@ def quadrature_grid(
     err += math.sqrt(lt.size) * np.finfo(float).eps
     if bounds is not None:  # the strips between the bounds and the unit interval's ends
         gaps = np.array([bounds[0], 1.0 - bounds[1]]) / ((hi - lo) / (n_axis - 1))[:, None]
-        err += float(np.sum(np.where(free, 0.0, _face_fractions(lt, log_z - log_volume) * gaps)))
+        err += float(np.sum(np.where(free, 0.0, fractions * gaps)))
     warnings = []
     if edge > _EDGE_TOLERANCE:
         warnings.append(

@@ -40,14 +40,18 @@ def _prior_init(key, target, config: TrainConfig):
         for _ in range(40):  # bisection on beta for ESS = prior_ess
             mid = 0.5 * (lo + hi)
             lo, hi = (mid, hi) if ess(mid) >= config.prior_ess else (lo, mid)
-    lw = log_weights(lo)
-    w = np.exp(lw - lw.max())
-    w = w / w.sum()
-    zz = np.asarray(z)
-    loc = w @ zz
-    d = zz - loc
-    cov = (d * w[:, None]).T @ d + 1e-9 * np.eye(zz.shape[1])
+    loc, cov = weighted_moments(np.asarray(z), log_weights(lo))
     return jnp.asarray(loc), jnp.asarray(cov), lo
+
+
+def weighted_moments(z: np.ndarray, log_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (plus 1e-9 on the diagonal) of draws z (n, n_dim) weighted by
+    exp(log_w) (-inf: weight 0)."""
+    w = np.exp(log_w - np.max(log_w))
+    w = w / w.sum()
+    loc = w @ z
+    d = z - loc
+    return loc, (d * w[:, None]).T @ d + 1e-9 * np.eye(z.shape[1])
 
 
 def initial_flow(key_init, key_laplace, target, n_dim, flow_config, config, init_points):

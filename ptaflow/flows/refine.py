@@ -31,6 +31,7 @@ from ..diagnostics import importance_ess, psis
 from ..errors import ParameterError
 from ..settings import FlowConfig, TrainConfig
 from .construction import draw_with_log_q, make_flow, partition
+from .initial import weighted_moments
 from .optimizers import decaying_optimizer
 from .targets import target_parts
 
@@ -192,11 +193,7 @@ def fit_to_weighted_draws(
         raise ParameterError("the target is not finite at any draw of the pool a flow is fit to")
     key_flow, key_rounds = jax.random.split(key)
     if init is None:
-        w = np.exp(log_w - np.max(log_w))
-        w = w / w.sum()
-        loc = w @ z
-        d = z - loc
-        cov = (d * w[:, None]).T @ d + 1e-9 * np.eye(z.shape[1])
+        loc, cov = weighted_moments(z, log_w)
         flow = make_flow(key_flow, z.shape[1], config=flow_config, loc=loc, cov=cov)
     else:
         flow = init
